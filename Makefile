@@ -1,0 +1,47 @@
+# The front door. `make check topic=attention` and `make test` set everything up on first use.
+#
+#   make check topic=T [impl=exercises|solutions|PATH] [device=auto|cpu|cuda|mps]
+#   make test            the project's own tests (graders vs solutions, stubs, mutants, variants)
+#   make stubs           regenerate exercises/ stubs from solutions/ (backs up any file it replaces)
+#   make bench           how long a check takes, and the graders' measured speed ratios
+#   make topics          the course, in order
+#
+# GPU users: install a CUDA build of torch into .venv before the first make (see README),
+# or pass TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+topic  ?=
+impl   ?= exercises
+device ?= auto
+
+.PHONY: check test stubs bench topics clean-venv
+
+# Installed once; reinstalled when the dependency list changes. torch is installed first,
+# and only when the venv has none, so a CUDA build the user put there is kept.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || { echo "Creating $(VENV) (first run only)..."; $(PYTHON) -m venv $(VENV); }
+	@$(PY) -c "import torch" 2>/dev/null || { echo "Installing $(TORCH)..."; $(PY) -m pip install -q --disable-pip-version-check $(TORCH); }
+	@echo "Installing the kata suite and its test tools..."
+	@$(PY) -m pip install -q --disable-pip-version-check -e .
+	@touch $@
+
+check: $(VENV)/.installed
+	@$(PY) -m kata check "$(topic)" --impl "$(impl)" --device "$(device)"
+
+test: $(VENV)/.installed
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+stubs: $(VENV)/.installed
+	@$(PY) -m kata stubs
+
+bench: $(VENV)/.installed
+	@$(PY) -m pytest benchmarks -p no:cacheprovider -q --benchmark-only --benchmark-columns=min,median,max,rounds -o testpaths=benchmarks
+
+topics: $(VENV)/.installed
+	@$(PY) -m kata topics
+
+clean-venv:
+	rm -rf $(VENV)

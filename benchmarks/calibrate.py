@@ -1,0 +1,80 @@
+"""Calibrate a topic's speed thresholds: grade the reference solution many times on a
+deliberately loaded machine and print the spread of the measured speed ratios, next to
+the ratios of the mutants that only a speed check should catch.
+
+    .venv/bin/python benchmarks/calibrate.py attention --runs 20 --load 2 [--device cpu]
+
+Choose the threshold in course.toml above the worst solution ratio with a wide margin
+(the reference must never fail by chance) and well below the slow mutants' ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kata import course  # noqa: E402
+
+
+def spin(_):
+    while True:
+        pass
+
+
+def speed_ratios(topic: str, impl: Path | str, device: str) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.json"
+        cmd = [sys.executable, "-m", "kata", "check", topic, "--impl", str(impl), "--device", device, "--json", str(out)]
+        subprocess.run(cmd, cwd=ROOT, capture_output=True)
+        checks = json.loads(out.read_text())["checks"]
+    return {c["name"]: c["properties"]["speed_ratio"] for c in checks if "speed_ratio" in c["properties"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("topic")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--load", type=int, default=2, help="busy-loop processes competing for the CPU")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    topic = course.get(args.topic)
+
+    pool = multiprocessing.Pool(args.load) if args.load else None
+    if pool:
+        pool.map_async(spin, range(args.load))
+    try:
+        seen: dict[str, list[float]] = {}
+        for i in range(args.runs):
+            for name, ratio in speed_ratios(topic.name, "solutions", args.device).items():
+                seen.setdefault(name, []).append(ratio)
+            print(f"run {i + 1}/{args.runs}", end="\r", flush=True)
+        print(f"reference solution, {args.runs} runs, {args.load} busy processes, limits {topic.speed}")
+        for name, ratios in seen.items():
+            ratios.sort()
+            print(f"  {name:<20} median {statistics.median(ratios):.2f}  max {ratios[-1]:.2f}  min {ratios[0]:.2f}")
+        mutants = sorted((ROOT / "tests" / "mutants" / topic.name).glob("*.py"))
+        slow = [m for m in mutants if re.search(r"^caught-by:.*\b\w*speed\b", m.read_text(), re.M)]
+        for mutant in slow:
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / topic.name).mkdir()
+                shutil.copy(mutant, Path(tmp) / topic.name / f"{topic.name}.py")
+                ratios = speed_ratios(topic.name, tmp, args.device)
+            print(f"mutant {mutant.stem}: " + ", ".join(f"{n} {r:.1f}x" for n, r in ratios.items()))
+    finally:
+        if pool:
+            pool.terminate()
+
+
+if __name__ == "__main__":
+    main()

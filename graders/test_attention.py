@@ -1,0 +1,378 @@
+"""Grader for the attention kata: causal_mask, scaled_dot_product_attention, MultiHeadAttention.
+
+Every value is checked against torch's own ops (F.scaled_dot_product_attention with an
+explicit bottom-right mask, nn.MultiheadAttention with copied weights) computed in float64;
+gradients against torch's autograd; rules (no fused attention kernel, inputs unmodified)
+on every call; work (no loop over batch or heads) and speed against the reference.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kata import checks, course
+from kata.checks import describe_call, expect_close, expect_raises, golden, randn
+
+TOPIC = course.get("attention")
+rules = checks.Rules(TOPIC.forbidden)
+LOW_PRECISION = [torch.bfloat16, torch.float16]
+
+
+@pytest.fixture(scope="module")
+def attention(impl):
+    return impl.load("attention")
+
+
+@pytest.fixture(scope="module")
+def reference_attention(reference):
+    return reference.load("attention")
+
+
+def need_dtype(dtype, device):
+    reason = checks.dtype_unsupported(dtype, device)
+    if reason:
+        pytest.skip(reason)
+
+
+# ---------------------------------------------------------------- torch's reference
+
+
+def torch_causal_mask(t_q: int, t_k: int, device="cpu") -> torch.Tensor:
+    """Bottom-right aligned: the same mask F.scaled_dot_product_attention's is_causal gives when t_q == t_k."""
+    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(t_k - t_q)
+
+
+def with_causal(mask, t_q, t_k, device):
+    causal = torch_causal_mask(t_q, t_k, device)
+    if mask is None:
+        return causal
+    if mask.dtype == torch.bool:
+        return mask & causal
+    return mask.masked_fill(~causal, float("-inf"))
+
+
+def torch_sdpa(q, k, v, mask=None, *, is_causal=False, scale=None, math_only=False):
+    """torch's attention under this kata's API: explicit bottom-right causal mask and
+    leading dimensions broadcast up front. math_only picks torch's unfused kernel."""
+    t_q, t_k = q.shape[-2], k.shape[-2]
+    if is_causal:
+        mask = with_causal(mask, t_q, t_k, q.device)
+    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q, k, v = (t.expand(*lead, *t.shape[-2:]) for t in (q, k, v))
+    if mask is not None:
+        mask = mask.expand(*lead, t_q, t_k)
+    if math_only:
+        return torch.ops.aten._scaled_dot_product_attention_math(q, k, v, attn_mask=mask, scale=scale)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def padding_mask(batch: int, t_k: int, device) -> torch.Tensor:
+    """(B, 1, 1, t_k), True = real token; batch b has its last b keys padded; key 0 always real."""
+    lengths = torch.tensor([max(1, t_k - b) for b in range(batch)])
+    return (torch.arange(t_k)[None, :] < lengths[:, None])[:, None, None, :].to(device)
+
+
+def sdpa_case(name: str, device, dtype=torch.float32):
+    """(args, kwargs) for one named input case of scaled_dot_product_attention."""
+
+    def r(*shape, seed, scale=1.0):
+        return randn(*shape, seed=seed, device=device, dtype=dtype, scale=scale)
+
+    q, k, v = r(2, 3, 6, 8, seed=1), r(2, 3, 6, 8, seed=2), r(2, 3, 6, 8, seed=3)
+    cases = {
+        "3d": ((r(2, 5, 8, seed=1), r(2, 5, 8, seed=2), r(2, 5, 8, seed=3)), {}),
+        "4d": ((q, k, v), {}),
+        "fewer_queries_than_keys": ((r(2, 4, 3, 8, seed=1), r(2, 4, 7, 8, seed=2), r(2, 4, 7, 12, seed=3)), {}),
+        "more_queries_than_keys": ((r(1, 2, 9, 8, seed=1), r(1, 2, 4, 8, seed=2), r(1, 2, 4, 8, seed=3)), {}),
+        "broadcast_leading_dims": ((r(2, 3, 5, 8, seed=1), r(1, 3, 7, 8, seed=2), r(2, 1, 7, 8, seed=3)), {}),
+        "single_key": ((r(2, 4, 8, seed=1), r(2, 1, 8, seed=2), r(2, 1, 8, seed=3)), {}),
+        "bool_padding_mask": ((q, k, v, padding_mask(2, 6, device)), {}),
+        "float_mask": ((q, k, v, r(6, 6, seed=4)), {}),
+        "causal": ((q, k, v), {"is_causal": True}),
+        "causal_fewer_queries": ((r(2, 3, 3, 8, seed=1), r(2, 3, 8, 8, seed=2), r(2, 3, 8, 8, seed=3)), {"is_causal": True}),
+        "causal_and_bool_mask": ((q, k, v, padding_mask(2, 6, device)), {"is_causal": True}),
+        "causal_and_float_mask": ((q, k, v, r(2, 1, 6, 6, seed=4)), {"is_causal": True}),
+        "explicit_scale": ((q, k, v), {"scale": 0.3}),
+        "scale_with_value_dim": ((r(2, 4, 16, seed=1), r(2, 5, 16, seed=2), r(2, 5, 4, seed=3)), {}),
+        "large_magnitude": ((r(2, 3, 6, 8, seed=1, scale=30), r(2, 3, 6, 8, seed=2, scale=30), v), {"is_causal": True}),
+        "non_contiguous": (tuple(r(2, 6, 3, 8, seed=s).transpose(1, 2) for s in (1, 2, 3)), {}),
+    }
+    return cases[name]
+
+
+SDPA_CASES = [
+    "3d", "4d", "fewer_queries_than_keys", "more_queries_than_keys", "broadcast_leading_dims",
+    "single_key", "bool_padding_mask", "float_mask", "causal", "causal_fewer_queries",
+    "causal_and_bool_mask", "causal_and_float_mask", "explicit_scale", "scale_with_value_dim",
+    "large_magnitude", "non_contiguous",
+]  # fmt: skip
+
+
+def output_shape(q, k, v):
+    return (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]), q.shape[-2], v.shape[-1])
+
+
+def as_golden(args, kwargs):
+    return [golden(a) for a in args], kwargs
+
+
+# ---------------------------------------------------------------- causal_mask
+
+
+@pytest.mark.parametrize("n", [1, 4, 7], ids=lambda n: f"n={n}")
+def test_causal_mask_square(attention, device, n):
+    what = f"causal_mask({n})"
+    got = rules.call(attention.causal_mask, n, device=device)
+    checks.expect_tensor(got, shape=(n, n), dtype=torch.bool, device=device, what=what)
+    if not torch.equal(got.cpu(), torch_causal_mask(n, n)):
+        raise checks.Wrong(f"{what} returned\n{got.int().cpu()}\nexpected (1 = may attend)\n{torch_causal_mask(n, n).int()}")
+
+
+@pytest.mark.parametrize("t_q, t_k", [(1, 5), (3, 7), (2, 3)], ids=["t_q=1,t_k=5", "t_q=3,t_k=7", "t_q=2,t_k=3"])
+def test_causal_mask_is_bottom_right(attention, device, t_q, t_k):
+    what = f"causal_mask({t_q}, {t_k})"
+    got = rules.call(attention.causal_mask, t_q, t_k, device=device)
+    want = torch_causal_mask(t_q, t_k)
+    checks.expect_tensor(got, shape=(t_q, t_k), dtype=torch.bool, device=device, what=what)
+    if not torch.equal(got.cpu(), want):
+        raise checks.Wrong(
+            f"{what} returned\n{got.int().cpu()}\nexpected (1 = may attend; the last query sees every key)\n{want.int()}"
+        )
+
+
+def test_causal_mask_rejects_fewer_keys_than_queries(attention):
+    expect_raises(ValueError, attention.causal_mask, 5, 3, what="causal_mask(5, 3)")
+
+
+# ---------------------------------------------------------------- scaled_dot_product_attention
+
+
+@pytest.mark.parametrize("case", SDPA_CASES)
+def test_matches_torch(attention, device, case):
+    args, kwargs = sdpa_case(case, device)
+    what = describe_call("scaled_dot_product_attention", *args, **kwargs)
+    got = rules.call(attention.scaled_dot_product_attention, *args, what=what, **kwargs)
+    want = torch_sdpa(*[golden(a) for a in args], **kwargs)
+    baseline = torch_sdpa(*args, **kwargs)
+    expect_close(got, want, what=what, dtype=torch.float32, device=device, baseline=baseline)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("case", ["4d", "causal_and_bool_mask", "fewer_queries_than_keys"])
+def test_low_precision(attention, device, case, dtype):
+    need_dtype(dtype, device)
+    args, kwargs = sdpa_case(case, device, dtype)
+    what = describe_call("scaled_dot_product_attention", *args, **kwargs)
+    got = rules.call(attention.scaled_dot_product_attention, *args, what=what, **kwargs)
+    want = torch_sdpa(*[golden(a) for a in args], **kwargs)
+    # torch's unfused kernel in this dtype: the error a plain implementation is bound to make.
+    baseline = torch_sdpa(*args, **kwargs, math_only=True)
+    expect_close(got, want, what=what, dtype=dtype, device=device, baseline=baseline)
+
+
+@pytest.mark.parametrize("case", ["causal_and_bool_mask", "fewer_queries_than_keys", "float_mask", "broadcast_leading_dims"])
+def test_gradients_match_torch(attention, device, case):
+    args, kwargs = sdpa_case(case, device)
+    q, k, v = (t.detach().clone().requires_grad_() for t in args[:3])
+    args = (q, k, v, *args[3:])
+    what = describe_call("scaled_dot_product_attention", *args, **kwargs)
+    out = rules.call(attention.scaled_dot_product_attention, *args, what=what, **kwargs)
+    checks.expect_tensor(out, shape=output_shape(q, k, v), dtype=q.dtype, device=device, what=what)
+    upstream = randn(*out.shape, seed=9, device=device)
+    with rules.enforced():
+        grads = torch.autograd.grad(out, (q, k, v), upstream, allow_unused=True)
+    gq, gk, gv = (golden(t) for t in (q, k, v))
+    want = torch.autograd.grad(torch_sdpa(gq, gk, gv, *[golden(a) for a in args[3:]], **kwargs), (gq, gk, gv), golden(upstream))
+    base = torch.autograd.grad(torch_sdpa(*args, **kwargs), (q, k, v), upstream)
+    for name, g, w, b in zip("qkv", grads, want, base):
+        if g is None:
+            raise checks.Wrong(f"{what}: no gradient reaches {name}; is something detached?")
+        expect_close(g, w, what=f"the gradient of {name} through {what}", dtype=torch.float32, device=device, baseline=b)
+
+
+def test_no_loop_over_batch_or_heads(attention, device):
+    def ops(batch, heads):
+        q, k, v = (randn(batch, heads, 5, 8, seed=s, device=device) for s in (1, 2, 3))
+        return checks.count_ops(attention.scaled_dot_product_attention, q, k, v, padding_mask(batch, 5, device), is_causal=True)
+
+    checks.expect_same_op_count(
+        ops(2, 2), ops(5, 6), what="scaled_dot_product_attention", small_desc="B=2, H=2", large_desc="B=5, H=6"
+    )
+
+
+def test_speed(attention, reference_attention, device, record_property):
+    q, k, v = (randn(8, 16, 64, 16, seed=s, device=device) for s in (1, 2, 3))
+    mask = padding_mask(8, 64, device)
+    ratio = checks.speed_ratio(
+        lambda: attention.scaled_dot_product_attention(q, k, v, mask, is_causal=True),
+        lambda: reference_attention.scaled_dot_product_attention(q, k, v, mask, is_causal=True),
+        device=device,
+    )
+    record_property("speed_ratio", round(ratio, 3))
+    checks.expect_fast_enough(ratio, TOPIC.speed[device.type], what="scaled_dot_product_attention (8, 16, 64, 16)", device=device)
+
+
+# ---------------------------------------------------------------- MultiHeadAttention
+
+
+def make_mha(attention, d_model, n_heads, device, *, bias=True, dtype=torch.float32):
+    """The learner's module with seeded weights, so every run grades the same numbers."""
+    mha = attention.MultiHeadAttention(d_model, n_heads, bias=bias)
+    with torch.no_grad():
+        for i, (_, p) in enumerate(sorted(mha.named_parameters())):
+            p.copy_(randn(*p.shape, seed=100 + i, scale=d_model**-0.5, device="cpu"))
+    return mha.to(device=device, dtype=dtype)
+
+
+def torch_mha(mha, x, context=None, *, mask=None, is_causal=False, dtype=None):
+    """nn.MultiheadAttention with mha's weights, in `dtype` on the CPU, fed this kata's mask convention."""
+    dtype = dtype or torch.float64
+    d_model, h = mha.q_proj.in_features, mha.n_heads
+    bias = mha.q_proj.bias is not None
+    ref = nn.MultiheadAttention(d_model, h, bias=bias, batch_first=True)
+    ref = ref.to(device=x.device if dtype != torch.float64 else "cpu", dtype=dtype)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([mha.q_proj.weight, mha.k_proj.weight, mha.v_proj.weight]))
+        ref.out_proj.weight.copy_(mha.out_proj.weight)
+        if bias:
+            ref.in_proj_bias.copy_(torch.cat([mha.q_proj.bias, mha.k_proj.bias, mha.v_proj.bias]))
+            ref.out_proj.bias.copy_(mha.out_proj.bias)
+    convert = golden if dtype == torch.float64 else (lambda t: t)
+    x = convert(x)
+    context = x if context is None else convert(context)
+    (B, T, _), S = x.shape, context.shape[1]
+    if is_causal:
+        mask = with_causal(mask, T, S, x.device if mask is None else mask.device)
+    attn_mask = None
+    if mask is not None:
+        mask = convert(mask) if mask.is_floating_point() else mask.to(x.device)
+        mask = mask.expand(B, h, T, S).reshape(B * h, T, S)
+        # nn.MultiheadAttention's bool mask is the opposite of ours: True = may NOT attend.
+        attn_mask = ~mask if mask.dtype == torch.bool else mask
+    out, _ = ref(x, context, context, attn_mask=attn_mask, need_weights=False)
+    return out, ref
+
+
+def mha_case(name, device):
+    """(d_model, n_heads, bias, x, context, forward kwargs) for one named module case."""
+    x = randn(2, 6, 32, seed=10, device=device)
+    ctx = randn(2, 9, 32, seed=11, device=device)
+    cases = {
+        "self": (32, 4, True, x, None, {}),
+        "causal": (32, 4, True, x, None, {"is_causal": True}),
+        "padding_mask": (32, 4, True, x, None, {"mask": padding_mask(2, 6, device)}),
+        "float_mask": (32, 4, True, x, None, {"mask": randn(6, 6, seed=12, device=device)}),
+        "per_head_bool_mask": (32, 4, True, x, None, {"mask": randn(2, 4, 6, 6, seed=13, device=device) > -1}),
+        "no_bias": (32, 8, False, x, None, {"is_causal": True}),
+        "cross_attention": (32, 4, True, x, ctx, {}),
+        "cross_attention_padding": (32, 2, True, x, ctx, {"mask": padding_mask(2, 9, device)}),
+        "one_head": (32, 1, True, x, ctx, {}),
+    }
+    return cases[name]
+
+
+MHA_CASES = ["self", "causal", "padding_mask", "float_mask", "per_head_bool_mask", "no_bias", "cross_attention",
+             "cross_attention_padding", "one_head"]  # fmt: skip
+
+
+def call_mha(mha, x, context, kwargs):
+    what = describe_call(f"MultiHeadAttention({mha.q_proj.in_features}, {mha.n_heads})", x, *([context] if context is not None else []), **kwargs)
+    return rules.call(mha, x, context, what=what, **kwargs), what
+
+
+def test_mha_rejects_indivisible_d_model(attention):
+    expect_raises(ValueError, attention.MultiHeadAttention, 30, 4, what="MultiHeadAttention(30, 4)")
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_mha_layout(attention, bias):
+    what = f"MultiHeadAttention(32, 4, bias={bias})"
+    mha = attention.MultiHeadAttention(32, 4, bias=bias)
+    if getattr(mha, "n_heads", None) != 4:
+        raise checks.Wrong(f"{what}.n_heads is {getattr(mha, 'n_heads', 'missing')}, expected 4")
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        layer = getattr(mha, name, None)
+        if not isinstance(layer, nn.Linear):
+            raise checks.Wrong(f"{what}.{name} is {type(layer).__name__}, expected nn.Linear(32, 32)")
+        if (layer.in_features, layer.out_features, layer.bias is not None) != (32, 32, bias):
+            raise checks.Wrong(f"{what}.{name} is {layer}, expected nn.Linear(32, 32, bias={bias})")
+    n_params = sum(p.numel() for p in mha.parameters())
+    expected = 4 * 32 * 32 + (4 * 32 if bias else 0)
+    if n_params != expected:
+        raise checks.Wrong(f"{what} has {n_params} parameters, expected {expected} (four projections and nothing else)")
+
+
+@pytest.mark.parametrize("case", MHA_CASES)
+def test_mha_matches_torch(attention, device, case):
+    d_model, n_heads, bias, x, context, kwargs = mha_case(case, device)
+    mha = make_mha(attention, d_model, n_heads, device, bias=bias)
+    got, what = call_mha(mha, x, context, kwargs)
+    want, _ = torch_mha(mha, x, context, **kwargs)
+    baseline, _ = torch_mha(mha, x, context, **kwargs, dtype=torch.float32)
+    expect_close(got, want, what=what, dtype=torch.float32, device=device, baseline=baseline)
+
+
+@pytest.mark.parametrize("case", ["causal", "cross_attention_padding"])
+def test_mha_gradients_reach_parameters(attention, device, case):
+    d_model, n_heads, bias, x, context, kwargs = mha_case(case, device)
+    mha = make_mha(attention, d_model, n_heads, device, bias=bias)
+    got, what = call_mha(mha, x, context, kwargs)
+    checks.expect_tensor(got, shape=x.shape, dtype=x.dtype, device=device, what=what)
+    upstream = randn(*x.shape, seed=14, device=device)
+    with rules.enforced():
+        (got * upstream).sum().backward()
+    want, ref = torch_mha(mha, x, context, **kwargs)
+    (want * golden(upstream)).sum().backward()
+    base_out, base = torch_mha(mha, x, context, **kwargs, dtype=torch.float32)
+    (base_out * upstream).sum().backward()
+
+    def split(m):
+        w = m.in_proj_weight.grad.chunk(3)
+        b = m.in_proj_bias.grad.chunk(3)
+        return {
+            "q_proj.weight": w[0], "k_proj.weight": w[1], "v_proj.weight": w[2],
+            "q_proj.bias": b[0], "k_proj.bias": b[1], "v_proj.bias": b[2],
+            "out_proj.weight": m.out_proj.weight.grad, "out_proj.bias": m.out_proj.bias.grad,
+        }  # fmt: skip
+
+    want_grads, base_grads = split(ref), split(base)
+    for name, p in mha.named_parameters():
+        if p.grad is None:
+            raise checks.Wrong(f"after backward through {what}, {name}.grad is None: no gradient reaches it")
+        expect_close(p.grad, want_grads[name], what=f"{name}.grad after {what}", dtype=torch.float32, device=device, baseline=base_grads[name])
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_mha_low_precision(attention, device, dtype):
+    need_dtype(dtype, device)
+    d_model, n_heads, bias, x, context, kwargs = mha_case("cross_attention_padding", device)
+    mha = make_mha(attention, d_model, n_heads, device, bias=bias, dtype=dtype)
+    x, context = x.to(dtype), context.to(dtype)
+    got, what = call_mha(mha, x, context, kwargs)
+    want, _ = torch_mha(mha, x, context, **kwargs)
+    baseline, _ = torch_mha(mha, x, context, **kwargs, dtype=dtype)
+    expect_close(got, want, what=what, dtype=dtype, device=device, baseline=baseline)
+
+
+def test_mha_no_loop_over_batch_or_heads(attention, device):
+    def ops(batch, heads):
+        mha = make_mha(attention, 16, heads, device)
+        x = randn(batch, 5, 16, seed=15, device=device)
+        return checks.count_ops(mha, x, is_causal=True)
+
+    checks.expect_same_op_count(ops(2, 2), ops(5, 8), what="MultiHeadAttention.forward", small_desc="B=2, 2 heads", large_desc="B=5, 8 heads")
+
+
+def test_mha_speed(attention, reference_attention, device, record_property):
+    mine = make_mha(attention, 256, 8, device)
+    ref = make_mha(reference_attention, 256, 8, device)
+    x = randn(8, 64, 256, seed=16, device=device)
+    ratio = checks.speed_ratio(lambda: mine(x, is_causal=True), lambda: ref(x, is_causal=True), device=device)
+    record_property("speed_ratio", round(ratio, 3))
+    checks.expect_fast_enough(ratio, TOPIC.speed[device.type], what="MultiHeadAttention(256, 8) on (8, 64, 256)", device=device)

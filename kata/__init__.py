@@ -1,0 +1,1 @@
+"""The kata engine: course metadata, implementation loading, grader checks and reporting."""

@@ -1,0 +1,110 @@
+"""The command line behind the Makefile: `kata check TOPIC`, `kata stubs`, `kata calibrate TOPIC`.
+
+Exit codes: 0 every check passes; 1 some check fails; 2 bad usage (unknown topic,
+missing path, unavailable device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kata import course
+
+USAGE_ERROR = 2
+
+
+def fail(message: str) -> int:
+    print(f"kata: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def grader_args(topic: course.Topic, impl: str, device: str, *extra: str) -> list[str]:
+    """pytest arguments that grade `topic` in `impl` with learner-facing verdicts."""
+    return [
+        str(topic.grader),
+        f"--impl={impl}",
+        f"--device={device}",
+        f"--rootdir={course.ROOT}",
+        f"--config-file={course.ROOT / 'pyproject.toml'}",
+        f"--timeout={topic.timeout:g}",
+        "-p", "no:cacheprovider",
+        # Not used by graders; leaving them out keeps a check's start-up short.
+        "-p", "no:benchmark",
+        "-p", "no:xdist",
+        *extra,
+    ]  # fmt: skip
+
+
+def cmd_check(args) -> int:
+    import pytest
+
+    from kata.checks import pick_device
+    from kata.loader import resolve_impl
+
+    try:
+        topic = course.get(args.topic)
+    except course.UnknownTopic as exc:
+        return fail(str(exc))
+    root = resolve_impl(args.impl)
+    if not root.is_dir():
+        return fail(f"no folder {args.impl}: impl is exercises, solutions or a folder shaped like exercises/")
+    if not topic.file_in(root).is_file():
+        return fail(f"no {topic.name}/{topic.name}.py in {root}: a submission holds <topic>/<topic>.py")
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        return fail(str(exc))
+    shown = root.relative_to(course.ROOT) if root.is_relative_to(course.ROOT) else root
+    print(f"Grading {shown / topic.name / (topic.name + '.py')} on {device.type}: {topic.title}")
+    extra = ["--verdicts", "-qq", "--no-header", "--no-summary", "-o", "console_output_style=classic"]
+    if args.json:
+        extra.append(f"--kata-json={args.json}")
+    code = pytest.main(grader_args(topic, args.impl, device.type, *extra))
+    return 0 if code == 0 else 1
+
+
+def cmd_stubs(args) -> int:
+    from kata import stubs
+
+    if args.check:
+        bad = stubs.drifted()
+        for path in bad:
+            print(f"{path.relative_to(course.ROOT)} is out of step with its solution: run `make stubs`")
+        return 1 if bad else 0
+    for line in stubs.write_stubs() or ["stubs are up to date"]:
+        print(line)
+    return 0
+
+
+def cmd_topics(args) -> int:
+    for t in course.topics():
+        print(f"{t.name:<20} level {t.level}  {t.title}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kata", description="Auto-graded PyTorch katas.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="grade one topic")
+    p.add_argument("topic", nargs="?", default="", help="topic name, e.g. attention")
+    p.add_argument("--impl", default="exercises", help="exercises (default), solutions, or a folder shaped like exercises/")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument("--json", default=None, help="also write per-check results to this JSON file")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("stubs", help="regenerate exercises/ stubs from solutions/")
+    p.add_argument("--check", action="store_true", help="only report stubs that are out of step; exit 1 if any")
+    p.set_defaults(func=cmd_stubs)
+
+    p = sub.add_parser("topics", help="list the topics in course order")
+    p.set_defaults(func=cmd_topics)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

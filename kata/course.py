@@ -1,0 +1,62 @@
+"""The course: topics in order, read from course.toml at the repository root."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COURSE_FILE = ROOT / "course.toml"
+EXERCISES = ROOT / "exercises"
+SOLUTIONS = ROOT / "solutions"
+GRADERS = ROOT / "graders"
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    level: int
+    title: str
+    timeout: float = 60
+    forbidden: tuple[str, ...] = ()
+    speed: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def grader(self) -> Path:
+        return GRADERS / f"test_{self.name}.py"
+
+    def file_in(self, root: Path) -> Path:
+        """Where this topic's module lives in a folder shaped like exercises/."""
+        return root / self.name / f"{self.name}.py"
+
+
+class UnknownTopic(LookupError):
+    def __init__(self, name: str):
+        valid = ", ".join(topic_names()) or "(none)"
+        given = f"unknown topic '{name}'" if name else "no topic given"
+        super().__init__(f"{given}. Valid topics: {valid}")
+
+
+@cache
+def topics() -> tuple[Topic, ...]:
+    with COURSE_FILE.open("rb") as f:
+        data = tomllib.load(f)
+    out = []
+    for entry in data.get("topic", []):
+        entry = dict(entry)
+        entry["forbidden"] = tuple(entry.get("forbidden", ()))
+        out.append(Topic(**entry))
+    return tuple(out)
+
+
+def topic_names() -> list[str]:
+    return [t.name for t in topics()]
+
+
+def get(name: str) -> Topic:
+    for t in topics():
+        if t.name == name:
+            return t
+    raise UnknownTopic(name)

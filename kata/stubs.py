@@ -1,0 +1,95 @@
+"""Generate exercise stubs from the solutions (the single source).
+
+Each region between `# BEGIN SOLUTION` and `# END SOLUTION` (nbgrader's markers)
+becomes `raise NotImplementedError("<topic>.<function>")` at the marker's
+indentation; everything outside the markers is kept as it is.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+from kata import course
+
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION\s*$")
+END = re.compile(r"^[ \t]*# END SOLUTION\s*$")
+DEF = re.compile(r"^(?P<indent>[ \t]*)(?:async\s+)?(?:def|class)\s+(?P<name>\w+)")
+BACKUPS = course.ROOT / ".kata" / "backups"
+
+
+class MarkerError(ValueError):
+    pass
+
+
+def _qualname(lines: list[str], index: int, indent: str) -> str:
+    """The dotted name of the def/class enclosing line `index` (e.g. MultiHeadAttention.forward)."""
+    names, depth = [], len(indent)
+    for line in reversed(lines[:index]):
+        m = DEF.match(line)
+        if m and len(m["indent"]) < depth:
+            names.append(m["name"])
+            depth = len(m["indent"])
+            if depth == 0:
+                break
+    return ".".join(reversed(names)) or "<module>"
+
+
+def make_stub(source: str, topic: str, filename: str = "<solution>") -> str:
+    lines = source.splitlines(keepends=True)
+    out: list[str] = []
+    region_start = None
+    for i, line in enumerate(lines, start=1):
+        if region_start is None:
+            m = BEGIN.match(line)
+            if m:
+                region_start = i
+                name = _qualname(lines, i - 1, m["indent"])
+                out.append(f'{m["indent"]}raise NotImplementedError("{topic}.{name}")\n')
+            elif END.match(line):
+                raise MarkerError(f"{filename}:{i}: END SOLUTION without BEGIN SOLUTION")
+            else:
+                out.append(line)
+        elif BEGIN.match(line):
+            raise MarkerError(f"{filename}:{i}: BEGIN SOLUTION inside the region opened at line {region_start}")
+        elif END.match(line):
+            region_start = None
+    if region_start is not None:
+        raise MarkerError(f"{filename}:{region_start}: BEGIN SOLUTION never closed")
+    if not any(BEGIN.match(line) for line in lines):
+        raise MarkerError(f"{filename}: no BEGIN SOLUTION region: nothing for the learner to write")
+    return "".join(out)
+
+
+def expected_stubs() -> dict[Path, str]:
+    stubs = {}
+    for topic in course.topics():
+        solution = topic.file_in(course.SOLUTIONS)
+        stubs[topic.file_in(course.EXERCISES)] = make_stub(solution.read_text(), topic.name, str(solution))
+    return stubs
+
+
+def drifted() -> list[Path]:
+    """Committed stubs that differ from what the solutions generate."""
+    return [p for p, text in expected_stubs().items() if not p.is_file() or p.read_text() != text]
+
+
+def write_stubs() -> list[str]:
+    """Regenerate every stub. A file that differs from its new stub is backed up first:
+    it may hold a learner's work."""
+    messages = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path, text in expected_stubs().items():
+        if path.is_file() and path.read_text() == text:
+            continue
+        if path.is_file():
+            backup = BACKUPS / path.parent.name / f"{stamp}-{path.name}"
+            backup.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, backup)
+            messages.append(f"backed up {path.relative_to(course.ROOT)} to {backup.relative_to(course.ROOT)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        messages.append(f"wrote {path.relative_to(course.ROOT)}")
+    return messages

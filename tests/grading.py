@@ -1,0 +1,68 @@
+"""Helpers for the self-tests: grade an implementation exactly as a learner's `make check` does."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kata import course
+
+ROOT = course.ROOT
+TESTS = Path(__file__).resolve().parent
+# The device the self-tests grade on: auto (cuda, then mps, then cpu) unless told otherwise.
+DEVICE = os.environ.get("KATA_TEST_DEVICE", "auto")
+
+
+@dataclass
+class Graded:
+    returncode: int
+    stdout: str
+    stderr: str
+    checks: list[dict]
+
+    def verdicts(self) -> dict[str, str]:
+        return {c["name"]: c["verdict"] for c in self.checks}
+
+    def failing(self) -> list[dict]:
+        return [c for c in self.checks if c["verdict"] not in ("passed", "skipped")]
+
+    def explain(self) -> str:
+        return "\n".join(f"{c['verdict']:>13}  {c['name']}: {c['message']}" for c in self.failing()) or self.stdout
+
+
+def run_kata(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kata", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def grade(topic: str, impl: str | Path, tmp_path: Path) -> Graded:
+    out = tmp_path / "results.json"
+    proc = run_kata("check", topic, "--impl", str(impl), "--device", DEVICE, "--json", str(out))
+    checks = json.loads(out.read_text())["checks"] if out.exists() else []
+    return Graded(proc.returncode, proc.stdout, proc.stderr, checks)
+
+
+def submission(topic: str, source: Path, tmp_path: Path) -> Path:
+    """A folder shaped like exercises/ holding `source` as the topic's file."""
+    folder = tmp_path / "submission"
+    (folder / topic).mkdir(parents=True)
+    shutil.copy(source, folder / topic / f"{topic}.py")
+    return folder
+
+
+def caught_by(path: Path) -> list[str]:
+    """The grader checks a mutant names in its docstring's `caught-by:` line."""
+    m = re.search(r"^caught-by:\s*(.+)$", path.read_text(), re.MULTILINE)
+    return [name.strip() for name in m.group(1).split(",")] if m else []
+
+
+def examples(kind: str) -> list[tuple[str, Path]]:
+    """(topic, file) for every file under tests/<kind>/<topic>/."""
+    return [(t.name, p) for t in course.topics() for p in sorted((TESTS / kind / t.name).glob("*.py"))]

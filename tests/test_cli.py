@@ -1,0 +1,58 @@
+"""The learner's front door: clear messages and exit codes for bad input, verdicts for bad code."""
+
+from __future__ import annotations
+
+from tests.grading import ROOT, grade, run_kata, submission
+
+
+def test_unknown_topic_names_the_valid_ones():
+    proc = run_kata("check", "atention")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "kata: unknown topic 'atention'. Valid topics: attention"
+
+
+def test_no_topic_names_the_valid_ones():
+    proc = run_kata("check")
+    assert proc.returncode == 2
+    assert "no topic given. Valid topics: attention" in proc.stderr
+
+
+def test_missing_folder_is_one_clear_line(tmp_path):
+    proc = run_kata("check", "attention", "--impl", str(tmp_path / "nope"))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no folder" in proc.stderr
+
+
+def test_folder_without_the_topic_file(tmp_path):
+    proc = run_kata("check", "attention", "--impl", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"kata: no attention/attention.py in {tmp_path}: a submission holds <topic>/<topic>.py"
+
+
+def test_unavailable_device_is_a_usage_error():
+    proc = run_kata("check", "attention", "--device", "tpu")
+    assert proc.returncode == 2
+    assert "unknown device 'tpu'" in proc.stderr
+
+
+def test_file_that_does_not_load_is_reported_once_per_run(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\n\ndef causal_mask(t_q, t_k=None, *, device=None)\n    return None\n")
+    graded = grade("attention", submission("attention", broken, tmp_path), tmp_path)
+    assert graded.returncode == 1
+    assert {c["verdict"] for c in graded.checks} == {"crashed"}
+    assert graded.stdout.count("SyntaxError") == 1, graded.stdout
+    assert "broken.py" not in graded.stdout and "attention.py:3" in graded.stdout
+
+
+def test_crash_shows_the_learners_line_not_torchs(tmp_path):
+    source = tmp_path / "crashy.py"
+    solution = (ROOT / "solutions/attention/attention.py").read_text()
+    source.write_text(solution.replace("scores = (q @ k.transpose(-2, -1)) * scale", "scores = (q @ k) * scale"))
+    graded = grade("attention", submission("attention", source, tmp_path), tmp_path)
+    crashed = [c for c in graded.checks if c["verdict"] == "crashed"]
+    assert crashed, graded.explain()
+    message = crashed[0]["message"]
+    assert "attention.py:" in message and "scores = (q @ k) * scale" in message
+    assert "site-packages" not in message and "torch/" not in message
+

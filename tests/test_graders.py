@@ -1,0 +1,67 @@
+"""Every grader is graded (DESIGN.md contract 6): it passes the solution, reports the stub
+as not started, rejects every known-bad implementation and accepts every alternative
+correct one. Each grading runs `python -m kata check` in a fresh process, as a learner does."""
+
+from __future__ import annotations
+
+import pytest
+
+from kata import course
+from tests.grading import ROOT, caught_by, examples, grade, submission
+
+TOPICS = course.topic_names()
+MUTANTS = examples("mutants")
+VARIANTS = examples("variants")
+
+
+def ids(cases):
+    return [f"{topic}/{path.stem}" for topic, path in cases]
+
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_solution_passes_every_check(topic, tmp_path):
+    graded = grade(topic, "solutions", tmp_path)
+    assert graded.checks, f"the {topic} grader ran no checks:\n{graded.stdout}{graded.stderr}"
+    assert graded.returncode == 0 and not graded.failing(), graded.explain()
+
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_stub_is_reported_not_started(topic, tmp_path):
+    graded = grade(topic, "exercises", tmp_path)
+    assert graded.returncode == 1
+    assert graded.checks
+    wrong = {n: v for n, v in graded.verdicts().items() if v != "not started"}
+    assert not wrong, f"stub checks not reported as not started: {wrong}"
+    # One line per check, then the summary: no tracebacks for a learner who has not begun.
+    lines = graded.stdout.strip().splitlines()
+    assert len(lines) == len(graded.checks) + 2, graded.stdout
+    assert "Traceback" not in graded.stdout + graded.stderr
+    assert lines[-1] == f"0 of {len(graded.checks)} checks pass ({len(graded.checks)} not started)"
+
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_topic_has_mutants_and_variants(topic):
+    assert any(t == topic for t, _ in MUTANTS), f"no tests/mutants/{topic}/*.py"
+    assert any(t == topic for t, _ in VARIANTS), f"no tests/variants/{topic}/*.py"
+
+
+@pytest.mark.parametrize(("topic", "path"), MUTANTS, ids=ids(MUTANTS))
+def test_mutant_is_caught(topic, path, tmp_path):
+    expected = caught_by(path)
+    assert expected, f"{path.relative_to(ROOT)} must name the checks that catch it (caught-by: ...)"
+    graded = grade(topic, submission(topic, path, tmp_path), tmp_path)
+    assert graded.returncode == 1, f"{path.name} passed every check:\n{graded.stdout}"
+    names = {c["name"].split("[")[0] for c in graded.checks}
+    for check in expected:
+        assert check in names, f"caught-by names {check}, which the {topic} grader does not have"
+        caught = [
+            c for c in graded.failing() if c["name"].split("[")[0] == check and c["verdict"] != "not started"
+        ]
+        assert caught, f"{check} let {path.name} through:\n{graded.explain()}"
+
+
+@pytest.mark.parametrize(("topic", "path"), VARIANTS, ids=ids(VARIANTS))
+def test_variant_passes_every_check(topic, path, tmp_path):
+    graded = grade(topic, submission(topic, path, tmp_path), tmp_path)
+    assert graded.checks
+    assert graded.returncode == 0 and not graded.failing(), graded.explain()
