@@ -1,6 +1,6 @@
 # The front door. `make check topic=attention` and `make test` set everything up on first use.
 #
-#   make check topic=T [impl=exercises|solutions|PATH] [device=auto|cpu|cuda|mps]
+#   make check topic=T [impl=exercises|solutions|PATH] [device=auto|cpu|cuda|mps] [only=test_a,test_b]
 #   make test            the project's own tests (graders vs solutions, stubs, mutants, variants)
 #   make stubs           regenerate exercises/ stubs from solutions/ (backs up any file it replaces)
 #   make bench           how long a check takes, and the graders' measured speed ratios
@@ -16,6 +16,7 @@ TORCH  ?= torch==2.13.0
 topic  ?=
 impl   ?= exercises
 device ?= auto
+only   ?=
 
 .PHONY: check test stubs bench topics clean-venv
 
@@ -29,10 +30,11 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 check: $(VENV)/.installed
-	@$(PY) -m kata check "$(topic)" --impl "$(impl)" --device "$(device)"
+	@$(PY) -m kata check "$(topic)" --impl "$(impl)" --device "$(device)" --only "$(only)"
 
+# -n auto: the self-tests grade each implementation in its own process; spread them over the cores.
 test: $(VENV)/.installed
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest -n auto $(PYTEST_ARGS)
 
 stubs: $(VENV)/.installed
 	@$(PY) -m kata stubs

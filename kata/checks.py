@@ -69,8 +69,14 @@ def randn(*shape: int, seed: int, device, dtype=torch.float32, scale: float = 1.
     return x.to(device=device, dtype=dtype)
 
 
-def golden(t: Tensor) -> Tensor:
-    """A float64 CPU copy that keeps autograd tracking, for computing torch's reference."""
+def golden(t):
+    """A float64 CPU copy of a floating tensor (keeping autograd tracking), for computing
+    torch's reference. Bool and integer tensors (masks, indices) keep their dtype: a bool
+    mask turned into 0/1 floats would change meaning. Anything else passes unchanged."""
+    if not isinstance(t, Tensor):
+        return t
+    if not t.is_floating_point():
+        return t.detach().to("cpu")
     return t.detach().to("cpu", torch.float64).requires_grad_(t.requires_grad)
 
 
@@ -133,6 +139,21 @@ class _ForbidOps(TorchDispatchMode):
             self.hits.append(name)
             raise RuleBroken(f"called the aten op {name}, which this kata forbids")
         return func(*args, **(kwargs or {}))
+
+
+def _skip_dynamo_import(mode_cls: type[TorchDispatchMode]) -> type[TorchDispatchMode]:
+    """TorchDispatchMode wraps __torch_dispatch__ so that its first call imports
+    torch._dynamo (about 2 s, close to half of a whole check) only to keep the handler
+    out of torch.compile's tracing. Graders never compile their modes, so mark the raw
+    handler as its own "disabled" version and torch skips the import. Should torch change
+    this detail, the only cost is the import again."""
+    raw = getattr(mode_cls.__torch_dispatch__, "__wrapped__", None)
+    if raw is not None:
+        raw.__dynamo_disable = raw
+    return mode_cls
+
+
+_skip_dynamo_import(_ForbidOps)
 
 
 def _tensors_of(fn, args, kwargs) -> list[tuple[str, Tensor]]:
@@ -268,6 +289,9 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+_skip_dynamo_import(_CountOps)
+
+
 def count_ops(fn: Callable, *args, **kwargs) -> Counter[str]:
     """How many times each aten op runs during fn(*args, **kwargs)."""
     mode = _CountOps()
@@ -303,7 +327,7 @@ def speed_ratio(
     warmup: int = 2,
     min_rounds: int = 5,
     max_rounds: int = 60,
-    budget_s: float = 2.0,
+    budget_s: float = 1.0,
 ) -> float:
     """Median learner time / median reference time, measured interleaved in this process.
 

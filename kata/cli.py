@@ -20,10 +20,11 @@ def fail(message: str) -> int:
     return USAGE_ERROR
 
 
-def grader_args(topic: course.Topic, impl: str, device: str, *extra: str) -> list[str]:
-    """pytest arguments that grade `topic` in `impl` with learner-facing verdicts."""
+def grader_args(topic: course.Topic, impl: str, device: str, *extra: str, only: list[str] = ()) -> list[str]:
+    """pytest arguments that grade `topic` in `impl`; `only` narrows it to some check functions."""
+    targets = [f"{topic.grader}::{name}" for name in only] or [str(topic.grader)]
     return [
-        str(topic.grader),
+        *targets,
         f"--impl={impl}",
         f"--device={device}",
         f"--rootdir={course.ROOT}",
@@ -32,7 +33,6 @@ def grader_args(topic: course.Topic, impl: str, device: str, *extra: str) -> lis
         "-p", "no:cacheprovider",
         # Not used by graders; leaving them out keeps a check's start-up short.
         "-p", "no:benchmark",
-        "-p", "no:xdist",
         *extra,
     ]  # fmt: skip
 
@@ -52,6 +52,10 @@ def cmd_check(args) -> int:
         return fail(f"no folder {args.impl}: impl is exercises, solutions or a folder shaped like exercises/")
     if not topic.file_in(root).is_file():
         return fail(f"no {topic.name}/{topic.name}.py in {root}: a submission holds <topic>/<topic>.py")
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else []
+    unknown = [name for name in only if f"def {name}(" not in topic.grader.read_text()]
+    if unknown:
+        return fail(f"no check named {', '.join(unknown)} in {topic.grader.name}")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
@@ -61,7 +65,7 @@ def cmd_check(args) -> int:
     extra = ["--verdicts", "-qq", "--no-header", "--no-summary", "-o", "console_output_style=classic"]
     if args.json:
         extra.append(f"--kata-json={args.json}")
-    code = pytest.main(grader_args(topic, args.impl, device.type, *extra))
+    code = pytest.main(grader_args(topic, args.impl, device.type, *extra, only=only))
     return 0 if code == 0 else 1
 
 
@@ -93,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impl", default="exercises", help="exercises (default), solutions, or a folder shaped like exercises/")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--json", default=None, help="also write per-check results to this JSON file")
+    p.add_argument("--only", default="", help="comma-separated check names to run, e.g. test_speed,test_matches_torch")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("stubs", help="regenerate exercises/ stubs from solutions/")

@@ -42,11 +42,25 @@ def run_kata(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
-def grade(topic: str, impl: str | Path, tmp_path: Path) -> Graded:
+def grade(topic: str, impl: str | Path, tmp_path: Path, only: list[str] = ()) -> Graded:
     out = tmp_path / "results.json"
-    proc = run_kata("check", topic, "--impl", str(impl), "--device", DEVICE, "--json", str(out))
+    proc = run_kata("check", topic, "--impl", str(impl), "--device", DEVICE, "--json", str(out), "--only", ",".join(only))
     checks = json.loads(out.read_text())["checks"] if out.exists() else []
     return Graded(proc.returncode, proc.stdout, proc.stderr, checks)
+
+
+def grade_in_process(pytester, topic: str, impl: Path, only: list[str] = ()) -> Graded:
+    """The same grader run inside this process with pytest's own pytester, saving the
+    ~2 s start-up of a fresh interpreter and torch import per graded file. Used for
+    mutants and variants, which test the grader's logic; the learner's own path, a
+    fresh `python -m kata check`, is exercised by the solution, stub and CLI tests."""
+    from kata.cli import grader_args
+
+    out = pytester.path / "results.json"
+    args = grader_args(course.get(topic), str(impl), DEVICE, f"--kata-json={out}", "-p", "no:xdist", only=only)
+    result = pytester.runpytest_inprocess(*args)
+    checks = json.loads(out.read_text())["checks"] if out.exists() else []
+    return Graded(int(result.ret), str(result.stdout), str(result.stderr), checks)
 
 
 def submission(topic: str, source: Path, tmp_path: Path) -> Path:

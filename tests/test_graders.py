@@ -1,13 +1,14 @@
 """Every grader is graded (DESIGN.md contract 6): it passes the solution, reports the stub
 as not started, rejects every known-bad implementation and accepts every alternative
-correct one. Each grading runs `python -m kata check` in a fresh process, as a learner does."""
+correct one. The solution and the stub are graded by `python -m kata check` in a fresh
+process, as a learner does; mutants and variants by the same grader run in-process."""
 
 from __future__ import annotations
 
 import pytest
 
 from kata import course
-from tests.grading import ROOT, caught_by, examples, grade, submission
+from tests.grading import ROOT, caught_by, examples, grade, grade_in_process, submission
 
 TOPICS = course.topic_names()
 MUTANTS = examples("mutants")
@@ -46,10 +47,11 @@ def test_topic_has_mutants_and_variants(topic):
 
 
 @pytest.mark.parametrize(("topic", "path"), MUTANTS, ids=ids(MUTANTS))
-def test_mutant_is_caught(topic, path, tmp_path):
+def test_mutant_is_caught(topic, path, tmp_path, pytester):
     expected = caught_by(path)
     assert expected, f"{path.relative_to(ROOT)} must name the checks that catch it (caught-by: ...)"
-    graded = grade(topic, submission(topic, path, tmp_path), tmp_path)
+    # Only the named checks run: the question is whether they, specifically, catch it.
+    graded = grade_in_process(pytester, topic, submission(topic, path, tmp_path), only=expected)
     assert graded.returncode == 1, f"{path.name} passed every check:\n{graded.stdout}"
     names = {c["name"].split("[")[0] for c in graded.checks}
     for check in expected:
@@ -61,7 +63,7 @@ def test_mutant_is_caught(topic, path, tmp_path):
 
 
 @pytest.mark.parametrize(("topic", "path"), VARIANTS, ids=ids(VARIANTS))
-def test_variant_passes_every_check(topic, path, tmp_path):
-    graded = grade(topic, submission(topic, path, tmp_path), tmp_path)
+def test_variant_passes_every_check(topic, path, tmp_path, pytester):
+    graded = grade_in_process(pytester, topic, submission(topic, path, tmp_path))
     assert graded.checks
     assert graded.returncode == 0 and not graded.failing(), graded.explain()

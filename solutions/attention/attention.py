@@ -92,11 +92,12 @@ def scaled_dot_product_attention(
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
         else:
-            scores = scores + mask
+            # In q's dtype: a float32 mask must not promote half-precision scores.
+            scores = scores + mask.to(scores.dtype)
 
     # softmax subtracts the row maximum internally, so large scores cannot overflow.
     weights = torch.softmax(scores, dim=-1)  # (..., t_q, t_k), rows sum to 1
-    return (weights @ v).to(q.dtype)  # (..., t_q, d_v)
+    return weights @ v  # (..., t_q, d_v)
     # END SOLUTION
 
 

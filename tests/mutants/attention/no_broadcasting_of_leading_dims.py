@@ -1,0 +1,75 @@
+"""Mistake: q, k and v are each flattened to (-1, t, d) for torch.bmm, which assumes they share their leading dims instead of broadcasting them.
+
+caught-by: test_matches_torch, test_gradients_match_torch
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def causal_mask(t_q: int, t_k: int | None = None, *, device=None) -> Tensor:
+    """Bool (t_q, t_k) mask, True where query i may attend key j (bottom-right aligned)."""
+    if t_k is None:
+        t_k = t_q
+    if t_k < t_q:
+        raise ValueError(f"causal_mask needs t_k >= t_q, got t_q={t_q}, t_k={t_k}")
+    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
+
+
+def scaled_dot_product_attention(q, k, v, mask=None, *, is_causal=False, scale=None):
+    """softmax(q @ k^T * scale + mask) @ v; a bool mask is True where attending is allowed."""
+    t_q, t_k = q.shape[-2], k.shape[-2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    lead = q.shape[:-2]
+    # MISTAKE: reshape(-1, ...) on each input only lines up when q, k and v have the same leading dims
+    scores = torch.bmm(q.reshape(-1, t_q, q.shape[-1]), k.reshape(-1, t_k, k.shape[-1]).transpose(1, 2))
+    scores = scores.view(*lead, t_q, t_k) * scale
+    if is_causal:
+        allowed = causal_mask(t_q, t_k, device=q.device)
+        if mask is None:
+            mask = allowed
+        elif mask.dtype == torch.bool:
+            mask = mask & allowed
+        else:
+            mask = mask.masked_fill(~allowed, float("-inf"))
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    weights = torch.softmax(scores, dim=-1)
+    out = torch.bmm(weights.reshape(-1, t_q, t_k), v.reshape(-1, t_k, v.shape[-1]))
+    return out.view(*lead, t_q, v.shape[-1]).to(q.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate q, k, v and output projections."""
+
+    def __init__(self, d_model: int, n_heads: int, *, bias: bool = True) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def forward(self, x, context=None, *, mask=None, is_causal=False):
+        if context is None:
+            context = x
+        B, T, d_model = x.shape
+        S = context.shape[1]
+        h = self.n_heads
+        hs = d_model // h
+        q = self.q_proj(x).view(B, T, h, hs).transpose(1, 2)  # (B, h, T, hs)
+        k = self.k_proj(context).view(B, S, h, hs).transpose(1, 2)  # (B, h, S, hs)
+        v = self.v_proj(context).view(B, S, h, hs).transpose(1, 2)  # (B, h, S, hs)
+        y = scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal)  # (B, h, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, d_model)  # (B, T, d_model)
+        return self.out_proj(y)
