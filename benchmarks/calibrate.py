@@ -32,10 +32,15 @@ def spin(_):
         pass
 
 
-def speed_ratios(topic: str, impl: Path | str, device: str) -> dict[str, float]:
+def speed_checks(topic: course.Topic) -> str:
+    return ",".join(re.findall(r"^def (test_\w*speed\w*)\(", topic.grader.read_text(), re.M))
+
+
+def speed_ratios(topic: course.Topic, impl: Path | str, device: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
-        cmd = [sys.executable, "-m", "kata", "check", topic, "--impl", str(impl), "--device", device, "--json", str(out)]
+        cmd = [sys.executable, "-m", "kata", "check", topic.name, "--impl", str(impl), "--device", device,
+               "--json", str(out), "--only", speed_checks(topic)]  # fmt: skip
         subprocess.run(cmd, cwd=ROOT, capture_output=True)
         checks = json.loads(out.read_text())["checks"]
     return {c["name"]: c["properties"]["speed_ratio"] for c in checks if "speed_ratio" in c["properties"]}
@@ -56,21 +61,23 @@ def main() -> None:
     try:
         seen: dict[str, list[float]] = {}
         for i in range(args.runs):
-            for name, ratio in speed_ratios(topic.name, "solutions", args.device).items():
+            for name, ratio in speed_ratios(topic, "solutions", args.device).items():
                 seen.setdefault(name, []).append(ratio)
             print(f"run {i + 1}/{args.runs}", end="\r", flush=True)
         print(f"reference solution, {args.runs} runs, {args.load} busy processes, limits {topic.speed}")
         for name, ratios in seen.items():
             ratios.sort()
             print(f"  {name:<20} median {statistics.median(ratios):.2f}  max {ratios[-1]:.2f}  min {ratios[0]:.2f}")
-        mutants = sorted((ROOT / "tests" / "mutants" / topic.name).glob("*.py"))
-        slow = [m for m in mutants if re.search(r"^caught-by:.*\b\w*speed\b", m.read_text(), re.M)]
-        for mutant in slow:
+        folder = ROOT / "tests"
+        variants = sorted((folder / "variants" / topic.name).glob("*.py"))
+        mutants = sorted((folder / "mutants" / topic.name).glob("*.py"))
+        slow = [m for m in mutants if re.search(r"^caught-by:.*\btest_\w*speed\b", m.read_text(), re.M)]
+        for label, path in [("variant", v) for v in variants] + [("mutant", m) for m in slow]:
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / topic.name).mkdir()
-                shutil.copy(mutant, Path(tmp) / topic.name / f"{topic.name}.py")
-                ratios = speed_ratios(topic.name, tmp, args.device)
-            print(f"mutant {mutant.stem}: " + ", ".join(f"{n} {r:.1f}x" for n, r in ratios.items()))
+                shutil.copy(path, Path(tmp) / topic.name / f"{topic.name}.py")
+                ratios = speed_ratios(topic, tmp, args.device)
+            print(f"{label} {path.stem}: " + ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items()))
     finally:
         if pool:
             pool.terminate()

@@ -329,10 +329,14 @@ def speed_ratio(
     max_rounds: int = 60,
     budget_s: float = 1.0,
 ) -> float:
-    """Median learner time / median reference time, measured interleaved in this process.
+    """Learner time / reference time: the median, over interleaved rounds, of the ratio
+    of the two calls made back to back, measured in this process.
 
-    Alternating which one runs first in each round spreads any drift in machine
-    load evenly over both, so the ratio stays meaningful on a busy machine.
+    Calibrated on a busy 2-core machine (README, "Speed thresholds"): a ratio per round
+    compares two calls made under the same load, and alternating which runs first
+    spreads drift evenly. On the CPU both run on one thread, because with several, one
+    thread descheduled by another process stalls a whole parallel region and the
+    ratio of the solution to itself swung up to 3x.
     """
 
     def timed(fn) -> float:
@@ -342,22 +346,29 @@ def speed_ratio(
         synchronize(device)
         return time.perf_counter() - start
 
-    with torch.no_grad():
-        for _ in range(warmup):
-            learner()
-            reference()
-        t_learner, t_reference = [], []
-        start = time.perf_counter()
-        for i in range(max_rounds):
-            if i % 2:
-                t_learner.append(timed(learner))
-                t_reference.append(timed(reference))
-            else:
-                t_reference.append(timed(reference))
-                t_learner.append(timed(learner))
-            if i + 1 >= min_rounds and time.perf_counter() - start > budget_s:
-                break
-    return statistics.median(t_learner) / statistics.median(t_reference)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for _ in range(warmup):
+                learner()
+                reference()
+            ratios = []
+            start = time.perf_counter()
+            for i in range(max_rounds):
+                if i % 2:
+                    t_learner = timed(learner)
+                    t_reference = timed(reference)
+                else:
+                    t_reference = timed(reference)
+                    t_learner = timed(learner)
+                ratios.append(t_learner / t_reference)
+                if i + 1 >= min_rounds and time.perf_counter() - start > budget_s:
+                    break
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(ratios)
 
 
 def expect_fast_enough(ratio: float, limit: float, *, what: str, device: torch.device) -> None:

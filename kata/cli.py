@@ -20,8 +20,11 @@ def fail(message: str) -> int:
     return USAGE_ERROR
 
 
-def grader_args(topic: course.Topic, impl: str, device: str, *extra: str, only: list[str] = ()) -> list[str]:
-    """pytest arguments that grade `topic` in `impl`; `only` narrows it to some check functions."""
+def grader_args(
+    topic: course.Topic, impl: str, device: str, *extra: str, only: list[str] = (), timeout: float | None = None
+) -> list[str]:
+    """pytest arguments that grade `topic` in `impl`; `only` narrows it to some check functions,
+    `timeout` replaces the topic's per-check limit."""
     targets = [f"{topic.grader}::{name}" for name in only] or [str(topic.grader)]
     return [
         *targets,
@@ -29,7 +32,7 @@ def grader_args(topic: course.Topic, impl: str, device: str, *extra: str, only: 
         f"--device={device}",
         f"--rootdir={course.ROOT}",
         f"--config-file={course.ROOT / 'pyproject.toml'}",
-        f"--timeout={topic.timeout:g}",
+        f"--timeout={timeout or topic.timeout:g}",
         "-p", "no:cacheprovider",
         # Not used by graders; leaving them out keeps a check's start-up short.
         "-p", "no:benchmark",
@@ -65,7 +68,7 @@ def cmd_check(args) -> int:
     extra = ["--verdicts", "-qq", "--no-header", "--no-summary", "-o", "console_output_style=classic"]
     if args.json:
         extra.append(f"--kata-json={args.json}")
-    code = pytest.main(grader_args(topic, args.impl, device.type, *extra, only=only))
+    code = pytest.main(grader_args(topic, args.impl, device.type, *extra, only=only, timeout=args.timeout))
     return 0 if code == 0 else 1
 
 
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impl", default="exercises", help="exercises (default), solutions, or a folder shaped like exercises/")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--json", default=None, help="also write per-check results to this JSON file")
+    p.add_argument("--timeout", type=float, default=None, help="per-check limit in seconds (default: course.toml's)")
     p.add_argument("--only", default="", help="comma-separated check names to run, e.g. test_speed,test_matches_torch")
     p.set_defaults(func=cmd_check)
 

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
@@ -34,16 +35,17 @@ def resolve_impl(impl: str | Path) -> Path:
     return Path(impl).expanduser().resolve()
 
 
-def short_traceback(exc: BaseException, path: Path) -> str:
-    """The frames of `exc` inside the learner's file `path`, plus the error line.
+def short_traceback(exc: BaseException, files: Path | Iterable[Path]) -> str:
+    """The frames of `exc` inside the learner's `files`, plus the error line.
 
     Frames in torch, the engine or the grader are left out: the learner can act
     only on their own lines.
     """
+    files = {Path(f).resolve() for f in ([files] if isinstance(files, Path) else files)}
     lines = []
     for frame in traceback.extract_tb(exc.__traceback__):
-        if Path(frame.filename).resolve() == path.resolve():
-            lines.append(f"  {path.name}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}")
+        if Path(frame.filename).resolve() in files:
+            lines.append(f"  {Path(frame.filename).name}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}")
     if isinstance(exc, SyntaxError) and exc.filename:
         lines.append(f"  {Path(exc.filename).name}:{exc.lineno}: {(exc.text or '').strip()}")
     lines.append(f"  {type(exc).__name__}: {exc}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,11 +104,9 @@ class Result:
     properties: dict
 
 
-def _learner_files(item) -> set[Path]:
-    impl = item._request.getfixturevalue("impl") if "impl" in item.fixturenames else None
-    if impl is None:
-        return set()
-    return {p.resolve() for p in impl.root.glob("*/*.py")}
+def _learner_files(config) -> set[Path]:
+    """The files of the implementation being graded: a frame in one of them is the learner's."""
+    return {p.resolve() for p in resolve_impl(config.getoption("--impl")).glob("*/*.py")}
 
 
 def _in_files(exc: BaseException, files: set[Path]) -> bool:
@@ -133,7 +132,9 @@ def classify(excinfo, learner_files: set[Path]) -> tuple[str, str]:
     if excinfo.errisinstance(pytest.skip.Exception):
         return "skipped", str(exc.msg if hasattr(exc, "msg") else exc)
     if isinstance(exc, pytest.fail.Exception) and str(exc).startswith("Timeout"):
-        return "timed out", f"no result within the time limit ({str(exc).split('>')[-1].strip()})"
+        # pytest-timeout's message: "Timeout (>2.0s from pytest-timeout)."
+        limit = re.search(r">([\d.]+)s", str(exc))
+        return "timed out", f"no result within the per-check limit of {float(limit[1]):g}s" if limit else str(exc)
     for e in _chain(exc):
         if isinstance(e, NotImplementedError) and _in_files(e, learner_files):
             return "not started", f"{e or 'a function'} raises NotImplementedError"
@@ -148,13 +149,7 @@ def classify(excinfo, learner_files: set[Path]) -> tuple[str, str]:
         return "too slow", str(exc)
     if isinstance(exc, AssertionError):
         return "wrong", str(exc) or "an assertion failed"
-    path = next(iter(learner_files), None)
-    if path is not None:
-        own = [p for p in learner_files if _in_files(exc, {p})]
-        trace = short_traceback(exc, own[0] if own else path)
-    else:
-        trace = f"  {type(exc).__name__}: {exc}"
-    return "crashed", f"your code raised an error:\n{trace}"
+    return "crashed", f"your code raised an error:\n{short_traceback(exc, learner_files)}"
 
 
 def _grading(config) -> bool:
@@ -171,7 +166,7 @@ def pytest_runtest_makereport(item, call):
     if call.excinfo is None:
         verdict, message = "passed", ""
     else:
-        verdict, message = classify(call.excinfo, _learner_files(item))
+        verdict, message = classify(call.excinfo, _learner_files(item.config))
     marker = item.get_closest_marker("points")
     report.kata = Result(
         nodeid=item.nodeid,

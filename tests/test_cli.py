@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.grading import ROOT, grade, run_kata, submission
 
 
@@ -56,3 +58,19 @@ def test_crash_shows_the_learners_line_not_torchs(tmp_path):
     assert "attention.py:" in message and "scores = (q @ k) * scale" in message
     assert "site-packages" not in message and "torch/" not in message
 
+
+
+def test_a_hanging_check_times_out_and_the_rest_still_run(tmp_path):
+    source = tmp_path / "hangs.py"
+    solution = (ROOT / "solutions/attention/attention.py").read_text()
+    source.write_text(solution.replace('    if t_k < t_q:\n', '    while t_k < t_q:\n        pass\n    if t_k < t_q:\n'))
+    out = tmp_path / "results.json"
+    proc = run_kata(
+        "check", "attention", "--impl", str(submission("attention", source, tmp_path)), "--json", str(out),
+        "--timeout", "2", "--only", "test_causal_mask_rejects_fewer_keys_than_queries,test_causal_mask_square",
+    )  # fmt: skip
+    verdicts = {c["name"]: c["verdict"] for c in json.loads(out.read_text())["checks"]}
+    assert proc.returncode == 1
+    assert verdicts.pop("test_causal_mask_rejects_fewer_keys_than_queries") == "timed out"
+    assert set(verdicts.values()) == {"passed"}
+    assert "TIMED OUT    test_causal_mask_rejects_fewer_keys_than_queries: no result within the per-check limit of 2s" in proc.stdout

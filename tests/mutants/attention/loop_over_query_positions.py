@@ -1,6 +1,6 @@
 """Mistake: correct values, but each query's output row is computed on its own in a Python loop over t_q and appended to the output with torch.cat.
 
-caught-by: test_speed, test_no_loop_over_positions
+caught-by: test_no_loop_over_positions
 """
 
 from __future__ import annotations
