@@ -40,7 +40,7 @@ stubs: $(VENV)/.installed
 	@$(PY) -m kata stubs
 
 bench: $(VENV)/.installed
-	@$(PY) -m pytest benchmarks -p no:cacheprovider -q --benchmark-only --benchmark-columns=min,median,max,rounds -o testpaths=benchmarks
+	@$(PY) -m pytest benchmarks -p no:cacheprovider -q --benchmark-columns=min,median,max,rounds -o testpaths=benchmarks
 
 topics: $(VENV)/.installed
 	@$(PY) -m kata topics
