@@ -120,10 +120,6 @@ def output_shape(q, k, v):
     return (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]), q.shape[-2], v.shape[-1])
 
 
-def as_golden(args, kwargs):
-    return [golden(a) for a in args], kwargs
-
-
 # ---------------------------------------------------------------- causal_mask
 
 
