@@ -183,9 +183,13 @@ class Rules:
             if hits:
                 raise RuleBroken(f"called {hits[0]}, which this kata forbids: build it from smaller ops")
 
-    def call(self, fn: Callable, *args, what: str | None = None, **kwargs):
-        """fn(*args, **kwargs) under the rules; raises RuleBroken if an input was modified."""
-        watched = _tensors_of(fn, args, kwargs)
+    def call(self, fn: Callable, *args, what: str | None = None, may_modify: tuple[Tensor, ...] = (), **kwargs):
+        """fn(*args, **kwargs) under the rules; raises RuleBroken if an input was modified.
+
+        `may_modify` names the tensors the call is meant to update in place (batch norm's
+        running statistics, say): every other input must come back unchanged."""
+        allowed = {id(t) for t in may_modify}
+        watched = [(name, t) for name, t in _tensors_of(fn, args, kwargs) if id(t) not in allowed]
         before = [(name, t, t.detach().clone(), t.shape, t.stride()) for name, t in watched]
         with self.enforced():
             out = fn(*args, **kwargs)
@@ -310,6 +314,17 @@ def expect_same_op_count(small: Counter, large: Counter, *, what: str, small_des
         f"{what} runs {n_small} aten ops for {small_desc} but {n_large} for {large_desc} "
         f"(grew: {grew or 'none'}): a Python loop over them? Use batched tensor ops."
     )
+
+
+def count_flops(fn: Callable, *args, **kwargs) -> int:
+    """Floating-point operations of fn(*args, **kwargs) as torch's FlopCounterMode counts
+    them (matmuls, convolutions and attention kernels; elementwise ops count 0)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        fn(*args, **kwargs)
+    return counter.get_total_flops()
 
 
 def synchronize(device: torch.device) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,6 +23,9 @@ class Topic:
     timeout: float = 60
     forbidden: tuple[str, ...] = ()
     speed: dict[str, float] = field(default_factory=dict)
+    # The least speed-up, per device type, that a check comparing two ways of doing the
+    # same work must see (the kv_cache kata: cached over uncached generation).
+    speedup: dict[str, float] = field(default_factory=dict)
 
     @property
     def grader(self) -> Path:
@@ -36,6 +40,9 @@ class UnknownTopic(LookupError):
     def __init__(self, name: str):
         valid = ", ".join(topic_names()) or "(none)"
         given = f"unknown topic '{name}'" if name else "no topic given"
+        close = difflib.get_close_matches(name, topic_names(), n=1) if name else []
+        if close:
+            given += f" (did you mean '{close[0]}'?)"
         super().__init__(f"{given}. Valid topics: {valid}")
 
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 
+from kata import course
 from tests.grading import ROOT, grade, run_kata, submission
 
 
 def test_unknown_topic_names_the_valid_ones():
     proc = run_kata("check", "atention")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "kata: unknown topic 'atention'. Valid topics: attention"
+    valid = ", ".join(course.topic_names())
+    assert proc.stderr.strip() == f"kata: unknown topic 'atention' (did you mean 'attention'?). Valid topics: {valid}"
 
 
 def test_no_topic_names_the_valid_ones():
     proc = run_kata("check")
     assert proc.returncode == 2
-    assert "no topic given. Valid topics: attention" in proc.stderr
+    assert f"no topic given. Valid topics: {', '.join(course.topic_names())}" in proc.stderr
 
 
 def test_missing_folder_is_one_clear_line(tmp_path):

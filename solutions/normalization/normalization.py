@@ -1,0 +1,7 @@
+"""Placeholder: being written."""
+
+
+def todo():
+    # BEGIN SOLUTION
+    pass
+    # END SOLUTION
