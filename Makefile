@@ -3,6 +3,8 @@
 #   make check topic=T [impl=exercises|solutions|PATH] [device=auto|cpu|cuda|mps] [only=test_a,test_b]
 #   make test            the project's own tests (graders vs solutions, stubs, mutants, variants)
 #   make stubs           regenerate exercises/ stubs from solutions/ (backs up any file it replaces)
+#   make grade submissions=DIR [out=DIR] [topics=a,b] [jobs=N] [hidden=DIR] [force=1]
+#                        grade a whole class into out/ (default gradebook/): grades.csv, feedback, results
 #   make bench           how long a check takes, and the graders' measured speed ratios
 #   make topics          the course, in order
 #
@@ -17,8 +19,14 @@ topic  ?=
 impl   ?= exercises
 device ?= auto
 only   ?=
+submissions ?=
+out    ?= gradebook
+topics ?=
+jobs   ?= 0
+hidden ?=
+force  ?=
 
-.PHONY: check test stubs bench topics clean-venv
+.PHONY: check test grade stubs bench topics clean-venv
 
 # Installed once; reinstalled when the dependency list changes. torch is installed first,
 # and only when the venv has none, so a CUDA build the user put there is kept.
@@ -35,6 +43,10 @@ check: $(VENV)/.installed
 # -n auto: the self-tests grade each implementation in its own process; spread them over the cores.
 test: $(VENV)/.installed
 	@$(PY) -m pytest -n auto $(PYTEST_ARGS)
+
+grade: $(VENV)/.installed
+	@$(PY) -m kata grade "$(submissions)" --out "$(out)" --topics "$(topics)" --jobs "$(jobs)" \
+		$(if $(hidden),--hidden "$(hidden)") $(if $(force),--force)
 
 stubs: $(VENV)/.installed
 	@$(PY) -m kata stubs

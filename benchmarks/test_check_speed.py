@@ -1,5 +1,5 @@
-"""`make bench`: how long a learner's check takes, next to the cost of importing torch,
-and the speed ratios the attention grader measures (learner / reference, same process)."""
+"""`make bench`: how long a learner's check takes for each topic, next to the cost of
+importing torch, and the speed ratios each grader measures (learner / reference, same process)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from kata import course
 
 ROUNDS = 3
+TOPICS = course.topic_names()
 
 
 def run(*cmd: str) -> None:
@@ -25,17 +26,18 @@ def test_import_torch(benchmark):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-def test_make_check_attention_solutions(benchmark):
+@pytest.mark.parametrize("topic", TOPICS)
+def test_make_check_solutions(benchmark, topic):
     benchmark.group = "command wall time"
-    benchmark.pedantic(
-        run, args=("make", "check", "topic=attention", "impl=solutions"), rounds=ROUNDS, iterations=1
-    )
+    benchmark.extra_info["command"] = f"make check topic={topic} impl=solutions"
+    benchmark.pedantic(run, args=("make", "check", f"topic={topic}", "impl=solutions"), rounds=ROUNDS, iterations=1)
 
 
-def test_grader_speed_ratios(tmp_path, record_property):
+@pytest.mark.parametrize("topic", TOPICS)
+def test_grader_speed_ratios(topic, tmp_path, record_property):
     """One graded run of the solution; the ratios are printed in the summary below."""
     out = tmp_path / "results.json"
-    run(sys.executable, "-m", "kata", "check", "attention", "--impl", "solutions", "--json", str(out))
+    run(sys.executable, "-m", "kata", "check", topic, "--impl", "solutions", "--json", str(out))
     for check in json.loads(out.read_text())["checks"]:
         if "speed_ratio" in check["properties"]:
-            record_property(check["name"], check["properties"]["speed_ratio"])
+            record_property(f"{topic}::{check['name']}", check["properties"]["speed_ratio"])

@@ -1,4 +1,4 @@
-"""The command line behind the Makefile: `kata check TOPIC`, `kata stubs`, `kata calibrate TOPIC`.
+"""The command line behind the Makefile: `kata check TOPIC`, `kata grade SUBMISSIONS`, `kata stubs`, `kata topics`.
 
 Exit codes: 0 every check passes; 1 some check fails; 2 bad usage (unknown topic,
 missing path, unavailable device).
@@ -7,6 +7,7 @@ missing path, unavailable device).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -85,6 +86,37 @@ def cmd_stubs(args) -> int:
     return 0
 
 
+def cmd_grade(args) -> int:
+    from kata import grade
+
+    submissions = Path(args.submissions).expanduser()
+    if not submissions.is_dir():
+        return fail(f"no folder {args.submissions}: submissions is a folder with one entry (folder or .zip) per student")
+    try:
+        names = [n.strip() for n in args.topics.split(",") if n.strip()] or course.topic_names()
+        topics = [course.get(n) for n in names]
+    except course.UnknownTopic as exc:
+        return fail(str(exc))
+    hidden = Path(args.hidden).expanduser().resolve() if args.hidden else None
+    if hidden is not None and not hidden.is_dir():
+        return fail(f"no folder {args.hidden}: hidden is a folder of grader modules named test_<topic>*.py")
+    try:
+        from kata.checks import pick_device
+
+        device = pick_device(args.device).type
+    except ValueError as exc:
+        return fail(str(exc))
+    limits = grade.Limits(
+        check_timeout=args.timeout, student_timeout=args.student_timeout, memory_mb=args.memory_mb, device=device
+    )
+    jobs = args.jobs or os.cpu_count() or 1
+    try:
+        return grade.grade_class(submissions, Path(args.out), topics, jobs=jobs, limits=limits, hidden=hidden, force=args.force)
+    except RuntimeError as exc:
+        print(f"kata: {exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_topics(args) -> int:
     for t in course.topics():
         print(f"{t.name:<20} level {t.level}  {t.title}")
@@ -107,6 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("stubs", help="regenerate exercises/ stubs from solutions/")
     p.add_argument("--check", action="store_true", help="only report stubs that are out of step; exit 1 if any")
     p.set_defaults(func=cmd_stubs)
+
+    p = sub.add_parser("grade", help="grade a whole class of submissions (see kata/grade.py)")
+    p.add_argument("submissions", help="folder with one entry per student: a folder shaped like exercises/, or a .zip of one")
+    p.add_argument("--out", default="gradebook", help="output folder (default gradebook/)")
+    p.add_argument("--topics", default="", help="comma-separated topics to grade (default: every topic)")
+    p.add_argument("--jobs", type=int, default=0, help="students graded in parallel (default: the number of cores)")
+    p.add_argument("--hidden", default=None, help="folder of extra grader modules test_<topic>*.py run only here")
+    p.add_argument("--force", action="store_true", help="grade again students already in the gradebook")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    p.add_argument("--timeout", type=float, default=None, help="per-check limit in seconds (default: course.toml's)")
+    p.add_argument("--student-timeout", type=float, default=900.0, help="limit for all of one student's topics (default 900 s)")
+    p.add_argument("--memory-mb", type=int, default=4096, help="address-space limit of each grading process on the CPU (default 4096)")
+    p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("topics", help="list the topics in course order")
     p.set_defaults(func=cmd_topics)

@@ -43,7 +43,11 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "points(n): points this check is worth when grading (default 1)")
-    config.pluginmanager.register(VerdictReporter(config), "kata-verdicts")
+    if config.pluginmanager.get_plugin("kata-verdicts") is None:
+        # The class grader (kata.grade) passes a secret to stamp the results file with; it
+        # leaves the environment before any learner code is loaded, so a forged file lacks it.
+        token = os.environ.pop("KATA_RESULT_TOKEN", None)
+        config.pluginmanager.register(VerdictReporter(config, token), "kata-verdicts")
 
 
 class Implementation:
@@ -170,7 +174,8 @@ def pytest_runtest_makereport(item, call):
     marker = item.get_closest_marker("points")
     report.kata = Result(
         nodeid=item.nodeid,
-        name=item.name,
+        # Checks from outside graders/ are an instructor's hidden ones (kata grade --hidden).
+        name=item.name if Path(item.path).parent == course.GRADERS else f"hidden: {item.name}",
         verdict=verdict,
         message=message,
         points=float(marker.args[0]) if marker else 1.0,
@@ -190,8 +195,9 @@ def pytest_report_teststatus(report, config):
 class VerdictReporter:
     """Collects every check's Result; prints verdicts and the summary, writes the JSON."""
 
-    def __init__(self, config):
+    def __init__(self, config, token: str | None = None):
         self.config = config
+        self.token = token
         self.results: list[Result] = []
         self.last_message = ""
 
@@ -231,7 +237,9 @@ class VerdictReporter:
                 "total": sum(r.verdict != "skipped" for r in results),
                 "checks": [r.__dict__ for r in results],
             }
-            _write_atomically(Path(path), json.dumps(data, indent=1, default=str))
+            if self.token:
+                data["token"] = self.token
+            write_atomically(Path(path), json.dumps(data, indent=1, default=str))
         if self.config.getoption("--verdicts"):
             tr = self.config.pluginmanager.get_plugin("terminalreporter")
             tr.ensure_newline()
@@ -250,7 +258,7 @@ def summary(results: list[Result]) -> str:
     return f"{passed} of {len(graded)} checks pass" + (f" ({detail})" if detail else "")
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:

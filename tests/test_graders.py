@@ -5,6 +5,8 @@ process, as a learner does; mutants and variants by the same grader run in-proce
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kata import course
@@ -41,9 +43,22 @@ def test_stub_is_reported_not_started(topic, tmp_path):
 
 
 @pytest.mark.parametrize("topic", TOPICS)
-def test_topic_has_mutants_and_variants(topic):
+def test_topic_has_every_part(topic):
+    t = course.get(topic)
+    for part in (t.file_in(course.SOLUTIONS), t.file_in(course.EXERCISES), t.grader, course.EXERCISES / topic / "README.md"):
+        assert part.is_file(), f"topic {topic} has no {part.relative_to(ROOT)}"
     assert any(t == topic for t, _ in MUTANTS), f"no tests/mutants/{topic}/*.py"
     assert any(t == topic for t, _ in VARIANTS), f"no tests/variants/{topic}/*.py"
+
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_every_check_has_a_mutant(topic):
+    """A check that no known-bad implementation needs may be unable to fail: each grader
+    check must be named in the caught-by line of at least one mutant."""
+    checks = set(re.findall(r"^def (test_\w+)\(", course.get(topic).grader.read_text(), re.MULTILINE))
+    named = {name for t, path in MUTANTS if t == topic for name in caught_by(path)}
+    assert checks, f"graders/test_{topic}.py has no checks"
+    assert not checks - named, f"checks no mutant of {topic} names in caught-by: {sorted(checks - named)}"
 
 
 @pytest.mark.parametrize(("topic", "path"), MUTANTS, ids=ids(MUTANTS))

@@ -1,0 +1,391 @@
+"""Grade a whole class: `kata grade SUBMISSIONS [--out DIR] [--topics a,b] [--jobs N] [--hidden DIR] [--force]`.
+
+SUBMISSIONS holds one entry per student: a folder shaped like exercises/ (only the topics
+that student did) or a .zip of one. Each student is graded in fresh processes (one per
+topic) on a private copy holding nothing but their topic modules, under a per-check
+timeout, a per-student time limit and a memory limit. Results come back through a JSON
+file stamped with a secret the student's code never sees in its environment, so a
+forged file or a fake summary on stdout is not taken for a grade.
+
+Output in --out (default gradebook/):
+    grades.csv               student,topic,score,max_score,status (rebuilt from results/ every run)
+    results/<student>.json   Gradescope's results.json format (written atomically, one per student)
+    feedback/<student>.md    the learner-facing report
+
+A student whose results/<student>.json already covers the requested topics is not graded
+again (unless --force), so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import resource
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from kata import course
+from kata.plugin import write_atomically
+
+STATUSES = ("passed", "partial", "failed", "not_started", "missing", "error", "timeout")
+TOKEN_ENV = "KATA_RESULT_TOKEN"
+# Zip archives: a class's submissions are small source files; anything near these is not one.
+MAX_ZIP_BYTES = 50 * 2**20
+MAX_ZIP_FILES = 1000
+
+
+class Refused(ValueError):
+    """A submission that cannot be graded at all (unsafe or unreadable archive)."""
+
+
+@dataclass
+class Limits:
+    check_timeout: float | None = None  # per check; None: each topic's course.toml timeout
+    student_timeout: float = 900.0  # all of one student's topics together
+    memory_mb: int = 4096  # address space of each grading process (CPU only, see _limit_memory)
+    device: str = "cpu"
+    threads: int = 1  # torch threads per grading process, so parallel students do not oversubscribe
+
+
+@dataclass
+class TopicResult:
+    topic: str
+    status: str
+    score: float = 0.0
+    max_score: float = 0.0
+    message: str = ""
+    checks: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- submissions
+
+
+def find_submissions(folder: Path) -> dict[str, Path]:
+    """Student id -> folder or zip. A folder and a zip with the same id are refused later."""
+    found: dict[str, list[Path]] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            found.setdefault(entry.name, []).append(entry)
+        elif entry.suffix == ".zip" and entry.is_file():
+            found.setdefault(entry.stem, []).append(entry)
+    return {sid: paths[0] if len(paths) == 1 else paths for sid, paths in found.items()}
+
+
+def _safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    infos = archive.infolist()
+    if len(infos) > MAX_ZIP_FILES:
+        raise Refused(f"the archive holds {len(infos)} entries (limit {MAX_ZIP_FILES})")
+    total = 0
+    for info in infos:
+        name = info.filename
+        path = PurePosixPath(name)
+        if name.startswith("/") or "\\" in name or (path.parts and path.parts[0].endswith(":")):
+            raise Refused(f"the archive has an absolute path: {name}")
+        if ".." in path.parts:
+            raise Refused(f"the archive has a path leaving its folder: {name}")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise Refused(f"the archive holds a link: {name}")
+        total += info.file_size
+        if total > MAX_ZIP_BYTES:
+            raise Refused(f"the archive unpacks to more than {MAX_ZIP_BYTES // 2**20} MiB")
+    return infos
+
+
+def _topic_file_in(names: dict[str, object], topic: str):
+    """The entry for <topic>/<topic>.py, at the top or under one wrapping folder (alice/attention/attention.py)."""
+    want = f"{topic}/{topic}.py"
+    hits = [n for n in names if n == want or (n.endswith("/" + want) and n.count("/") == 2)]
+    return names[hits[0]] if len(hits) == 1 else None
+
+
+def private_copy(source: Path, topics: list[str], dest: Path) -> dict[str, bool]:
+    """Copy only the student's topic modules into dest/<topic>/<topic>.py; topic -> found.
+    Nothing else of theirs (conftest.py, pytest.ini, sitecustomize, .pth, tests) is copied."""
+    found = {}
+    if source.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(source) as archive:
+                infos = {i.filename: i for i in _safe_members(archive) if not i.is_dir()}
+                for topic in topics:
+                    info = _topic_file_in(infos, topic)
+                    found[topic] = info is not None
+                    if info is not None:
+                        target = dest / topic / f"{topic}.py"
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(archive.read(info))
+        except zipfile.BadZipFile as exc:
+            raise Refused(f"not a readable zip archive: {exc}") from None
+        return found
+    for topic in topics:
+        src = source / topic / f"{topic}.py"
+        found[topic] = src.is_file() and not src.is_symlink()
+        if found[topic]:
+            target = dest / topic / f"{topic}.py"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+    return found
+
+
+# ---------------------------------------------------------------- one topic, one process
+
+
+def _limit_memory(megabytes: int):
+    def apply():
+        limit = megabytes * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return apply
+
+
+def _hidden_graders(hidden: Path | None, topic: str) -> list[str]:
+    if hidden is None:
+        return []
+    return [str(p) for p in sorted(hidden.glob(f"test_{topic}*.py"))]
+
+
+def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, scratch: Path, hidden: Path | None) -> TopicResult:
+    """Run the topic's grader on impl in a fresh, limited process; never raises for the student's faults."""
+    from kata.cli import grader_args
+
+    token = secrets.token_hex(16)
+    out = scratch / f".results-{topic.name}-{secrets.token_hex(4)}.json"
+    args = grader_args(topic, str(impl), limits.device, f"--kata-json={out}", "-q", "-p", "kata.plugin", timeout=limits.check_timeout)
+    args[1:1] = _hidden_graders(hidden, topic.name)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(scratch),
+        "TMPDIR": str(scratch),
+        TOKEN_ENV: token,
+        "OMP_NUM_THREADS": str(limits.threads),
+        "MKL_NUM_THREADS": str(limits.threads),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    # -I: no PYTHON* variables, user site or current folder on sys.path.
+    cmd = [sys.executable, "-I", "-m", "pytest", *args]
+    # CUDA reserves far more address space than it uses, so the cap applies on the CPU only.
+    preexec = _limit_memory(limits.memory_mb) if limits.device == "cpu" else None
+    proc = subprocess.Popen(
+        cmd, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True, preexec_fn=preexec,
+    )  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=max(budget, 1.0))
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return TopicResult(topic.name, "timeout", message=f"grading did not finish within the per-student limit ({limits.student_timeout:g} s)")
+    finally:
+        _kill_group(proc)  # anything the student's code left running
+    tail = output.decode(errors="replace").strip().splitlines()[-3:]
+    try:
+        data = json.loads(out.read_text())
+        if data.get("token") != token:
+            raise ValueError("the results file was not written by the grader")
+    except (OSError, ValueError) as exc:
+        how = f"exit code {proc.returncode}" if proc.returncode >= 0 else f"killed by {signal.Signals(-proc.returncode).name}"
+        if proc.returncode == -signal.SIGKILL or "MemoryError" in "\n".join(tail):
+            how += " (out of memory?)"
+        return TopicResult(topic.name, "error", message=f"the grading process ended without a valid result ({how}; {exc})")
+    return summarise(topic.name, data["checks"])
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def summarise(topic: str, checks: list[dict]) -> TopicResult:
+    graded = [c for c in checks if c["verdict"] != "skipped"]
+    score = sum(c["points"] for c in graded if c["verdict"] == "passed")
+    max_score = sum(c["points"] for c in graded)
+    verdicts = {c["verdict"] for c in graded}
+    if not graded:
+        status = "error"
+    elif verdicts == {"passed"}:
+        status = "passed"
+    elif verdicts == {"not started"}:
+        status = "not_started"
+    elif verdicts == {"timed out"}:
+        status = "timeout"
+    elif score > 0:
+        status = "partial"
+    else:
+        status = "failed"
+    return TopicResult(topic, status, score, max_score, checks=checks)
+
+
+# ---------------------------------------------------------------- one student
+
+
+def grade_student(sid: str, source, topics: list[course.Topic], limits: Limits, hidden: Path | None, max_scores: dict[str, float]) -> list[TopicResult]:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"kata-grade-{sid}-") as tmp:
+        tmp = Path(tmp)
+        impl, scratch = tmp / "submission", tmp / "scratch"
+        impl.mkdir()
+        scratch.mkdir()
+        try:
+            if isinstance(source, list):
+                raise Refused(f"more than one submission for this student: {', '.join(p.name for p in source)}")
+            found = private_copy(source, [t.name for t in topics], impl)
+        except Refused as exc:
+            return [TopicResult(t.name, "error", 0.0, max_scores[t.name], f"submission refused: {exc}") for t in topics]
+        results = []
+        for topic in topics:
+            if not found[topic.name]:
+                results.append(TopicResult(topic.name, "missing", 0.0, max_scores[topic.name], f"no {topic.name}/{topic.name}.py in the submission"))
+                continue
+            budget = limits.student_timeout - (time.monotonic() - started)
+            if budget <= 0:
+                results.append(TopicResult(topic.name, "timeout", 0.0, max_scores[topic.name], "the per-student time limit was used up by earlier topics"))
+                continue
+            result = grade_topic(impl, topic, limits, budget, scratch, hidden)
+            result.max_score = max_scores[topic.name]  # the same for every student, whatever happened
+            results.append(result)
+    return results
+
+
+def gradescope_json(results: list[TopicResult], seconds: float) -> dict:
+    tests = []
+    for r in results:
+        if not r.checks:
+            tests.append({"name": f"{r.topic}", "score": 0.0, "max_score": r.max_score, "status": "failed",
+                          "output": f"{r.status}: {r.message}", "visibility": "visible"})  # fmt: skip
+        for c in r.checks:
+            if c["verdict"] == "skipped":
+                continue
+            tests.append({
+                "name": f"{r.topic}: {c['name']}",
+                "score": c["points"] if c["verdict"] == "passed" else 0.0,
+                "max_score": c["points"],
+                "status": "passed" if c["verdict"] == "passed" else "failed",
+                "output": c["verdict"].upper() + (f": {c['message']}" if c["message"] else ""),
+                "visibility": "visible",
+            })  # fmt: skip
+    return {
+        "score": sum(r.score for r in results),
+        "execution_time": round(seconds, 1),
+        "tests": tests,
+        "extra_data": {"topics": [{"topic": r.topic, "score": r.score, "max_score": r.max_score, "status": r.status, "message": r.message} for r in results]},
+    }
+
+
+def feedback_markdown(sid: str, results: list[TopicResult]) -> str:
+    lines = [f"# Feedback for {sid}", ""]
+    total, most = sum(r.score for r in results), sum(r.max_score for r in results)
+    lines += [f"Total: {total:g} of {most:g} points.", ""]
+    for r in results:
+        lines += [f"## {r.topic}: {r.score:g} of {r.max_score:g} ({r.status.replace('_', ' ')})", ""]
+        if r.message:
+            lines += [r.message, ""]
+        for c in r.checks:
+            if c["verdict"] in ("passed", "skipped"):
+                continue
+            lines.append(f"- **{c['verdict'].upper()}** `{c['name']}`")
+            lines += [f"      {line}" for line in c["message"].splitlines()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the class
+
+
+def reference_max_scores(topics: list[course.Topic], limits: Limits, hidden: Path | None) -> dict[str, float]:
+    """Grade the reference solution once per topic: its points are the max scores, and a
+    solution that fails here means the grading machine itself is broken."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="kata-grade-reference-") as tmp:
+        for topic in topics:
+            r = grade_topic(course.SOLUTIONS, topic, limits, 600.0, Path(tmp), hidden)
+            if r.status != "passed":
+                bad = [f"{c['name']}: {c['verdict']}" for c in r.checks if c["verdict"] != "passed"]
+                raise RuntimeError(f"the reference solution does not pass the {topic.name} grader here ({r.status}; {'; '.join(bad[:3]) or r.message})")
+            out[topic.name] = r.max_score
+    return out
+
+
+def already_graded(path: Path, topics: list[str]) -> bool:
+    try:
+        data = json.loads(path.read_text())
+        return {t["topic"] for t in data["extra_data"]["topics"]} >= set(topics)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # missing or damaged: grade again
+
+
+def write_grades_csv(out: Path, students: list[str], topics: list[str]) -> int:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["student", "topic", "score", "max_score", "status"])
+    rows = 0
+    for sid in students:
+        try:
+            data = json.loads((out / "results" / f"{sid}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        by_topic = {t["topic"]: t for t in data["extra_data"]["topics"]}
+        for topic in topics:
+            if topic in by_topic:
+                t = by_topic[topic]
+                writer.writerow([sid, topic, f"{t['score']:g}", f"{t['max_score']:g}", t["status"]])
+                rows += 1
+    write_atomically(out / "grades.csv", buf.getvalue())
+    return rows
+
+
+class Progress:
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.monotonic()
+        self.lock = threading.Lock()
+
+    def step(self, sid: str, results: list[TopicResult]) -> None:
+        with self.lock:
+            self.done += 1
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / self.done * (self.total - self.done)
+            width = 24
+            filled = width * self.done // max(self.total, 1)
+            statuses = " ".join(f"{r.topic}={r.status}" for r in results)
+            print(f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}  ETA {eta:4.0f}s  {sid}: {statuses}", file=sys.stderr, flush=True)
+
+
+def grade_class(submissions: Path, out: Path, topics: list[course.Topic], *, jobs: int, limits: Limits, hidden: Path | None = None, force: bool = False) -> int:
+    students = find_submissions(submissions)
+    names = [t.name for t in topics]
+    results_dir = out / "results"
+    todo = [sid for sid in students if force or not already_graded(results_dir / f"{sid}.json", names)]
+    print(f"{len(students)} submissions, {len(students) - len(todo)} already graded, {len(todo)} to grade with {jobs} jobs", file=sys.stderr)
+    if todo:
+        max_scores = reference_max_scores(topics, limits, hidden)
+        progress = Progress(len(todo))
+
+        def one(sid):
+            started = time.monotonic()
+            results = grade_student(sid, students[sid], topics, limits, hidden, max_scores)
+            write_atomically(results_dir / f"{sid}.json", json.dumps(gradescope_json(results, time.monotonic() - started), indent=1))
+            write_atomically(out / "feedback" / f"{sid}.md", feedback_markdown(sid, results))
+            return sid, results
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for future in as_completed([pool.submit(one, sid) for sid in todo]):
+                progress.step(*future.result())
+    rows = write_grades_csv(out, sorted(students), names)
+    print(f"wrote {out / 'grades.csv'} ({rows} rows), {results_dir}/, {out / 'feedback'}/", file=sys.stderr)
+    return 0
