@@ -176,8 +176,8 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
         "MKL_NUM_THREADS": str(limits.threads),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    # -I: no PYTHON* variables, user site or current folder on sys.path.
-    cmd = [sys.executable, "-I", "-m", "pytest", *args]
+    # -I: no PYTHON* variables, user site or current folder on sys.path; -B: no .pyc files written.
+    cmd = [sys.executable, "-I", "-B", "-m", "pytest", *args]
     # CUDA reserves far more address space than it uses, so the cap applies on the CPU only.
     preexec = _limit_memory(limits.memory_mb) if limits.device == "cpu" else None
     proc = subprocess.Popen(
@@ -192,15 +192,23 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
     finally:
         _kill_group(proc)  # anything the student's code left running
     tail = output.decode(errors="replace").strip().splitlines()[-3:]
+    # The process ran in scratch with HOME and TMPDIR there too: anything new in it was written by the submission.
+    written = sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*") if p != out and p.is_file())
+    if written:
+        shutil.rmtree(scratch)
+        scratch.mkdir()
+        return TopicResult(topic.name, "error", message=f"the code wrote files ({', '.join(written[:5])}); submissions may not write files")
     try:
         data = json.loads(out.read_text())
         if data.get("token") != token:
             raise ValueError("the results file was not written by the grader")
     except (OSError, ValueError) as exc:
+        out.unlink(missing_ok=True)
         how = f"exit code {proc.returncode}" if proc.returncode >= 0 else f"killed by {signal.Signals(-proc.returncode).name}"
         if proc.returncode == -signal.SIGKILL or "MemoryError" in "\n".join(tail):
             how += " (out of memory?)"
         return TopicResult(topic.name, "error", message=f"the grading process ended without a valid result ({how}; {exc})")
+    out.unlink()
     return summarise(topic.name, data["checks"])
 
 
@@ -225,6 +233,9 @@ def summarise(topic: str, checks: list[dict]) -> TopicResult:
         status = "not_started"
     elif verdicts == {"timed out"}:
         status = "timeout"
+    elif verdicts == {"crashed"} and len({c["message"] for c in graded}) == 1:
+        # One error shared by every check: the file could not even be loaded (syntax, MemoryError...).
+        return TopicResult(topic, "error", 0.0, max_score, f"the file could not be run: {graded[0]['message']}", checks)
     elif score > 0:
         status = "partial"
     else:

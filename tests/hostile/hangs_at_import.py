@@ -1,0 +1,3 @@
+"""Loops forever while being imported: the per-student time limit must end it."""
+while True:
+    pass

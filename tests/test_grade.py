@@ -1,0 +1,191 @@
+"""`kata grade`: a whole class graded with the learners' graders, hostile submissions
+contained, zip archives checked, results resumable, scores as the checks add up.
+
+One class is graded once (module fixture) and each test reads its part of the gradebook."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from kata import grade
+from tests.grading import ROOT, TESTS
+
+HOSTILE = TESTS / "hostile"
+SOLUTION = (ROOT / "solutions/attention/attention.py").read_text()
+MUTANT = TESTS / "mutants/attention/no_scaling.py"
+STUB = ROOT / "exercises/attention/attention.py"
+FUTURE = "from __future__ import annotations\n"
+assert FUTURE in SOLUTION
+EXPECTED = {
+    "honest": "passed",
+    "scaling_forgotten": "partial",
+    "not_begun": "not_started",
+    "nothing_handed_in": "missing",
+    "hangs_at_import": "timeout",
+    "exhausts_memory": "error",
+    "exits_early": "error",
+    "fake_summary": "error",
+    "forges_results": "error",
+    "writes_files": "error",
+    "crashes_interpreter": "error",
+    "zip_honest": "passed",
+    "zip_absolute_path": "error",
+    "zip_parent_path": "error",
+    "zip_link": "error",
+    "zip_oversized": "error",
+    "zip_not_a_zip": "error",
+}
+
+
+def put(folder: Path, student: str, source: str) -> None:
+    path = folder / student / "attention" / "attention.py"
+    path.parent.mkdir(parents=True)
+    path.write_text(source)
+
+
+def make_zip(path: Path, entries: dict[str, bytes], links: tuple[str, ...] = ()) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+        for name in links:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = 0o120777 << 16  # a symbolic link
+            z.writestr(info, "/etc/passwd")
+
+
+def build_class(folder: Path) -> None:
+    put(folder, "honest", SOLUTION)
+    put(folder, "scaling_forgotten", MUTANT.read_text())
+    put(folder, "not_begun", STUB.read_text())
+    (folder / "nothing_handed_in").mkdir()
+    # The honest student also left a conftest.py and a sitecustomize.py: never loaded.
+    (folder / "honest" / "conftest.py").write_text("import os\nos._exit(3)\n")
+    (folder / "honest" / "sitecustomize.py").write_text("import os\nos._exit(3)\n")
+    for hostile in sorted(HOSTILE.glob("*.py")):
+        # Each attack runs as a correct solution is imported: only the attack can cost the marks.
+        put(folder, hostile.stem, SOLUTION.replace(FUTURE, FUTURE + hostile.read_text(), 1))
+    code = SOLUTION.encode()
+    make_zip(folder / "zip_honest.zip", {"zip_honest/attention/attention.py": code})
+    make_zip(folder / "zip_absolute_path.zip", {"/attention/attention.py": code})
+    make_zip(folder / "zip_parent_path.zip", {"attention/../../attention/attention.py": code})
+    make_zip(folder / "zip_link.zip", {"attention/attention.py": code}, links=("attention/evil",))
+    make_zip(folder / "zip_oversized.zip", {"attention/attention.py": code, "big.bin": bytes(grade.MAX_ZIP_BYTES + 1)})
+    (folder / "zip_not_a_zip.zip").write_text("not a zip")
+
+
+def run_grade(submissions: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "kata", "grade", str(submissions), "--out", str(out), "--topics", "attention",
+           "--jobs", "2", "--student-timeout", "40", "--memory-mb", "3072", *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def repo_state() -> str:
+    """The project's files that differ from the last commit, new ones included."""
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True, text=True).stdout
+
+
+def rows(out: Path) -> list[dict]:
+    with (out / "grades.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("class")
+    submissions, out = root / "submissions", root / "gradebook"
+    submissions.mkdir()
+    build_class(submissions)
+    before = repo_state()
+    proc = run_grade(submissions, out)
+    after = repo_state()
+    return submissions, out, proc, before, after
+
+
+def test_every_student_gets_the_status_they_earned(graded):
+    _, out, proc, _, _ = graded
+    assert proc.returncode == 0, proc.stderr
+    got = {r["student"]: r["status"] for r in rows(out)}
+    assert got == EXPECTED, proc.stderr
+
+
+def test_hostile_rows_score_nothing_and_say_why(graded):
+    _, out, _, _, _ = graded
+    for sid, status in EXPECTED.items():
+        data = json.loads((out / "results" / f"{sid}.json").read_text())
+        (topic,) = data["extra_data"]["topics"]
+        if status in ("error", "timeout"):
+            assert topic["score"] == 0 and topic["message"], (sid, topic)
+    messages = {sid: json.loads((out / "results" / f"{sid}.json").read_text())["extra_data"]["topics"][0]["message"] for sid in EXPECTED}
+    assert "wrote files" in messages["writes_files"]
+    assert "link" in messages["zip_link"] and "absolute" in messages["zip_absolute_path"]
+    assert "leaving its folder" in messages["zip_parent_path"] and "MiB" in messages["zip_oversized"]
+    assert "not a readable zip" in messages["zip_not_a_zip"]
+
+
+def test_nothing_is_written_outside_the_gradebook(graded):
+    _, _, _, before, after = graded
+    assert before == after
+
+
+def test_csv_and_gradescope_formats(graded):
+    _, out, _, _, _ = graded
+    text = (out / "grades.csv").read_text()
+    assert text.splitlines()[0] == "student,topic,score,max_score,status"
+    table = rows(out)
+    assert len(table) == len(EXPECTED) and {r["status"] for r in table} <= set(grade.STATUSES)
+    max_score = {r["max_score"] for r in table}
+    assert len(max_score) == 1  # the same for every student, whatever happened to them
+    honest = json.loads((out / "results" / "honest.json").read_text())
+    assert honest["score"] == float(max_score.pop()) == sum(t["max_score"] for t in honest["tests"])
+    for test in honest["tests"]:
+        assert set(test) >= {"name", "score", "max_score", "status", "output", "visibility"}
+        assert test["status"] in ("passed", "failed") and test["visibility"] in ("visible", "hidden", "after_due_date", "after_published")
+    assert (out / "feedback" / "scaling_forgotten.md").read_text().startswith("# Feedback for scaling_forgotten")
+
+
+def test_partial_credit_is_the_sum_of_passing_checks(graded):
+    _, out, _, _, _ = graded
+    data = json.loads((out / "results" / "scaling_forgotten.json").read_text())
+    passed = sum(t["score"] for t in data["tests"])
+    assert 0 < passed < sum(t["max_score"] for t in data["tests"])
+    assert data["extra_data"]["topics"][0]["score"] == passed == data["score"]
+
+
+def test_summarise_weighs_checks_by_points():
+    checks = [
+        {"name": "a", "verdict": "passed", "points": 2.0},
+        {"name": "b", "verdict": "wrong", "points": 3.0},
+        {"name": "c", "verdict": "skipped", "points": 5.0},
+    ]
+    r = grade.summarise("attention", checks)
+    assert (r.score, r.max_score, r.status) == (2.0, 5.0, "partial")
+    assert grade.summarise("attention", [{"name": "a", "verdict": "not started", "points": 1.0}]).status == "not_started"
+    assert grade.summarise("attention", [{"name": "a", "verdict": "wrong", "points": 1.0, "message": "x"}]).status == "failed"
+    load_error = [{"name": n, "verdict": "crashed", "points": 1.0, "message": "SyntaxError"} for n in "ab"]
+    assert grade.summarise("attention", load_error).status == "error"
+
+
+def test_an_interrupted_run_resumes_without_regrading(graded, tmp_path):
+    submissions, out, _, _, _ = graded
+    resumed = tmp_path / "gradebook"
+    shutil.copytree(out, resumed)
+    # Interrupted: one student's result never written, the CSV never rebuilt.
+    (resumed / "results" / "honest.json").unlink()
+    (resumed / "grades.csv").write_text("student,topic,score,max_score,status\nhonest,attention,0,60,err\n")
+    small = tmp_path / "submissions"
+    small.mkdir()
+    for sid in ("honest", "scaling_forgotten", "not_begun", "nothing_handed_in"):
+        shutil.copytree(submissions / sid, small / sid)
+    proc = run_grade(small, resumed)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 already graded, 1 to grade" in proc.stderr
+    got = [(r["student"], r["status"]) for r in rows(resumed)]
+    assert got == sorted((sid, EXPECTED[sid]) for sid in ("honest", "scaling_forgotten", "not_begun", "nothing_handed_in"))
