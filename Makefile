@@ -5,6 +5,8 @@
 #   make stubs           regenerate exercises/ stubs from solutions/ (backs up any file it replaces)
 #   make grade submissions=DIR [out=DIR] [topics=a,b] [jobs=N] [hidden=DIR] [force=1]
 #                        grade a whole class into out/ (default gradebook/): grades.csv, feedback, results
+#   make gradescope [topics=a,b] [hidden=DIR]
+#                        build dist/gradescope-autograder.zip (setup.sh, run_autograder, the suite)
 #   make bench           how long a check takes, and the graders' measured speed ratios
 #   make topics          the course, in order
 #
@@ -26,7 +28,7 @@ jobs   ?= 0
 hidden ?=
 force  ?=
 
-.PHONY: check test grade stubs bench topics clean-venv
+.PHONY: check test grade gradescope stubs bench topics clean-venv
 
 # Installed once; reinstalled when the dependency list changes. torch is installed first,
 # and only when the venv has none, so a CUDA build the user put there is kept.
@@ -47,6 +49,9 @@ test: $(VENV)/.installed
 grade: $(VENV)/.installed
 	@$(PY) -m kata grade "$(submissions)" --out "$(out)" --topics "$(topics)" --jobs "$(jobs)" \
 		$(if $(hidden),--hidden "$(hidden)") $(if $(force),--force)
+
+gradescope: $(VENV)/.installed
+	@$(PY) -m kata gradescope --topics "$(topics)" $(if $(hidden),--hidden "$(hidden)")
 
 stubs: $(VENV)/.installed
 	@$(PY) -m kata stubs

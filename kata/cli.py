@@ -92,29 +92,61 @@ def cmd_grade(args) -> int:
     submissions = Path(args.submissions).expanduser()
     if not submissions.is_dir():
         return fail(f"no folder {args.submissions}: submissions is a folder with one entry (folder or .zip) per student")
-    try:
-        names = [n.strip() for n in args.topics.split(",") if n.strip()] or course.topic_names()
-        topics = [course.get(n) for n in names]
-    except course.UnknownTopic as exc:
-        return fail(str(exc))
-    hidden = Path(args.hidden).expanduser().resolve() if args.hidden else None
-    if hidden is not None and not hidden.is_dir():
-        return fail(f"no folder {args.hidden}: hidden is a folder of grader modules named test_<topic>*.py")
-    try:
-        from kata.checks import pick_device
-
-        device = pick_device(args.device).type
-    except ValueError as exc:
-        return fail(str(exc))
-    limits = grade.Limits(
-        check_timeout=args.timeout, student_timeout=args.student_timeout, memory_mb=args.memory_mb, device=device
-    )
+    setup = _grading_setup(args)
+    if isinstance(setup, str):
+        return fail(setup)
+    topics, hidden, limits = setup
     jobs = args.jobs or os.cpu_count() or 1
     try:
         return grade.grade_class(submissions, Path(args.out), topics, jobs=jobs, limits=limits, hidden=hidden, force=args.force)
     except RuntimeError as exc:
         print(f"kata: {exc}", file=sys.stderr)
         return 1
+
+
+def _grading_setup(args):
+    """(topics, hidden, limits) from the options `grade` and `grade-one` share, or an error message."""
+    from kata import grade
+    from kata.checks import pick_device
+
+    try:
+        names = [n.strip() for n in args.topics.split(",") if n.strip()] or course.topic_names()
+        topics = [course.get(n) for n in names]
+        device = pick_device(args.device).type
+    except (course.UnknownTopic, ValueError) as exc:
+        return str(exc)
+    hidden = Path(args.hidden).expanduser().resolve() if args.hidden else None
+    if hidden is not None and not hidden.is_dir():
+        return f"no folder {args.hidden}: hidden is a folder of grader modules named test_<topic>*.py"
+    limits = grade.Limits(
+        check_timeout=args.timeout, student_timeout=args.student_timeout, memory_mb=args.memory_mb, device=device
+    )
+    return topics, hidden, limits
+
+
+def cmd_grade_one(args) -> int:
+    from kata import grade
+
+    submission = Path(args.submission).expanduser()
+    if not submission.is_dir():
+        return fail(f"no folder {args.submission}")
+    setup = _grading_setup(args)
+    if isinstance(setup, str):
+        return fail(setup)
+    topics, hidden, limits = setup
+    return grade.grade_one(submission, Path(args.results), topics, limits, hidden)
+
+
+def cmd_gradescope(args) -> int:
+    from kata import gradescope
+
+    setup = _grading_setup(args)
+    if isinstance(setup, str):
+        return fail(setup)
+    topics, hidden, _ = setup
+    out = gradescope.build_bundle(Path(args.out), topics, hidden)
+    print(f"wrote {out}: upload it as the assignment's autograder (configuration: zip file upload)")
+    return 0
 
 
 def cmd_topics(args) -> int:
@@ -140,18 +172,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only report stubs that are out of step; exit 1 if any")
     p.set_defaults(func=cmd_stubs)
 
-    p = sub.add_parser("grade", help="grade a whole class of submissions (see kata/grade.py)")
+    def grading_options(p):
+        p.add_argument("--topics", default="", help="comma-separated topics to grade (default: every topic)")
+        p.add_argument("--hidden", default=None, help="folder of extra grader modules test_<topic>*.py, run only when grading")
+        p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+        p.add_argument("--timeout", type=float, default=None, help="per-check limit in seconds (default: course.toml's)")
+        p.add_argument("--student-timeout", type=float, default=900.0, help="limit for all of one student's topics (default 900 s)")
+        p.add_argument("--memory-mb", type=int, default=4096, help="address-space limit of each grading process on the CPU (default 4096)")
+
+    p = sub.add_parser("grade", help="grade a whole class of submissions into a gradebook (see kata/grade.py)")
     p.add_argument("submissions", help="folder with one entry per student: a folder shaped like exercises/, or a .zip of one")
     p.add_argument("--out", default="gradebook", help="output folder (default gradebook/)")
-    p.add_argument("--topics", default="", help="comma-separated topics to grade (default: every topic)")
     p.add_argument("--jobs", type=int, default=0, help="students graded in parallel (default: the number of cores)")
-    p.add_argument("--hidden", default=None, help="folder of extra grader modules test_<topic>*.py run only here")
     p.add_argument("--force", action="store_true", help="grade again students already in the gradebook")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
-    p.add_argument("--timeout", type=float, default=None, help="per-check limit in seconds (default: course.toml's)")
-    p.add_argument("--student-timeout", type=float, default=900.0, help="limit for all of one student's topics (default 900 s)")
-    p.add_argument("--memory-mb", type=int, default=4096, help="address-space limit of each grading process on the CPU (default 4096)")
+    grading_options(p)
     p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("grade-one", help="grade one submission into a Gradescope results.json (used by run_autograder)")
+    p.add_argument("submission", help="a folder shaped like exercises/, or holding <topic>.py files")
+    p.add_argument("--results", required=True, help="where to write results.json")
+    grading_options(p)
+    p.set_defaults(func=cmd_grade_one)
+
+    p = sub.add_parser("gradescope", help="build the Gradescope autograder zip")
+    p.add_argument("--out", default="dist/gradescope-autograder.zip", help="the zip to write (default dist/gradescope-autograder.zip)")
+    grading_options(p)
+    p.set_defaults(func=cmd_gradescope)
 
     p = sub.add_parser("topics", help="list the topics in course order")
     p.set_defaults(func=cmd_topics)

@@ -133,6 +133,8 @@ def private_copy(source: Path, topics: list[str], dest: Path) -> dict[str, bool]
         return found
     for topic in topics:
         src = source / topic / f"{topic}.py"
+        if not src.exists() and (source / f"{topic}.py").exists():
+            src = source / f"{topic}.py"  # a flat upload (Gradescope, a single file) is accepted too
         found[topic] = src.is_file() and not src.is_symlink()
         if found[topic]:
             target = dest / topic / f"{topic}.py"
@@ -177,7 +179,9 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     # -I: no PYTHON* variables, user site or current folder on sys.path; -B: no .pyc files written.
-    cmd = [sys.executable, "-I", "-B", "-m", "pytest", *args]
+    # The engine is put first on sys.path, so the graders run with this very copy of the suite.
+    boot = f"import sys; sys.path.insert(0, {str(course.ROOT)!r}); import pytest; raise SystemExit(pytest.main(sys.argv[1:]))"
+    cmd = [sys.executable, "-I", "-B", "-c", boot, *args]
     # CUDA reserves far more address space than it uses, so the cap applies on the CPU only.
     preexec = _limit_memory(limits.memory_mb) if limits.device == "cpu" else None
     proc = subprocess.Popen(
@@ -246,7 +250,11 @@ def summarise(topic: str, checks: list[dict]) -> TopicResult:
 # ---------------------------------------------------------------- one student
 
 
-def grade_student(sid: str, source, topics: list[course.Topic], limits: Limits, hidden: Path | None, max_scores: dict[str, float]) -> list[TopicResult]:
+def grade_student(
+    sid: str, source, topics: list[course.Topic], limits: Limits, hidden: Path | None, max_scores: dict[str, float], *, keep_max: bool = False
+) -> list[TopicResult]:
+    """Every topic of one student. max_scores gives each topic's points when its grading
+    did not run; with keep_max=False it replaces the graded sum too, so a class shares one max."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"kata-grade-{sid}-") as tmp:
         tmp = Path(tmp)
@@ -269,9 +277,34 @@ def grade_student(sid: str, source, topics: list[course.Topic], limits: Limits, 
                 results.append(TopicResult(topic.name, "timeout", 0.0, max_scores[topic.name], "the per-student time limit was used up by earlier topics"))
                 continue
             result = grade_topic(impl, topic, limits, budget, scratch, hidden)
-            result.max_score = max_scores[topic.name]  # the same for every student, whatever happened
+            if not (keep_max and result.checks):
+                result.max_score = max_scores[topic.name]  # the same for every student, whatever happened
             results.append(result)
     return results
+
+
+class ReferenceMaxScores(dict):
+    """Max scores from grading the reference solution, worked out on first use: a single
+    submission (Gradescope) pays for it only on the topics whose own grading did not run."""
+
+    def __init__(self, limits: Limits, hidden: Path | None):
+        super().__init__()
+        self.limits, self.hidden = limits, hidden
+
+    def __missing__(self, topic: str) -> float:
+        self[topic] = reference_max_scores([course.get(topic)], self.limits, self.hidden)[topic]
+        return self[topic]
+
+
+def grade_one(submission: Path, results_path: Path, topics: list[course.Topic], limits: Limits, hidden: Path | None = None) -> int:
+    """Grade one submission into a Gradescope results.json (run_autograder's job)."""
+    started = time.monotonic()
+    max_scores = ReferenceMaxScores(limits, hidden)
+    results = grade_student("submission", submission, topics, limits, hidden, max_scores, keep_max=True)
+    write_atomically(results_path, json.dumps(gradescope_json(results, time.monotonic() - started), indent=1))
+    for r in results:
+        print(f"{r.topic}: {r.score:g} of {r.max_score:g} ({r.status})")
+    return 0
 
 
 def gradescope_json(results: list[TopicResult], seconds: float) -> dict:
@@ -289,7 +322,8 @@ def gradescope_json(results: list[TopicResult], seconds: float) -> dict:
                 "max_score": c["points"],
                 "status": "passed" if c["verdict"] == "passed" else "failed",
                 "output": c["verdict"].upper() + (f": {c['message']}" if c["message"] else ""),
-                "visibility": "visible",
+                # An instructor's hidden checks show on Gradescope once the due date has passed.
+                "visibility": "after_due_date" if c["name"].startswith("hidden: ") else "visible",
             })  # fmt: skip
     return {
         "score": sum(r.score for r in results),
