@@ -7,6 +7,8 @@
 #                        grade a whole class into out/ (default gradebook/): grades.csv, feedback, results
 #   make gradescope [topics=a,b] [hidden=DIR]
 #                        build dist/gradescope-autograder.zip (setup.sh, run_autograder, the suite)
+#   make nbgrader [topics=a,b] [course=DIR]
+#                        build an nbgrader course folder (default build/nbgrader) from the katas
 #   make bench           how long a check takes, and the graders' measured speed ratios
 #   make topics          the course, in order
 #
@@ -27,8 +29,9 @@ topics ?=
 jobs   ?= 0
 hidden ?=
 force  ?=
+course ?= build/nbgrader
 
-.PHONY: check test grade gradescope stubs bench topics clean-venv
+.PHONY: check test grade gradescope nbgrader stubs bench topics clean-venv
 
 # Installed once; reinstalled when the dependency list changes. torch is installed first,
 # and only when the venv has none, so a CUDA build the user put there is kept.
@@ -52,6 +55,9 @@ grade: $(VENV)/.installed
 
 gradescope: $(VENV)/.installed
 	@$(PY) -m kata gradescope --topics "$(topics)" $(if $(hidden),--hidden "$(hidden)")
+
+nbgrader: $(VENV)/.installed
+	@$(PY) -m kata nbgrader --out "$(course)" --topics "$(topics)"
 
 stubs: $(VENV)/.installed
 	@$(PY) -m kata stubs

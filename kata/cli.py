@@ -149,6 +149,24 @@ def cmd_gradescope(args) -> int:
     return 0
 
 
+def cmd_nbgrader(args) -> int:
+    from kata import nbgrader_course
+
+    try:
+        topics = [course.get(n.strip()) for n in args.topics.split(",") if n.strip()] or list(course.topics())
+    except course.UnknownTopic as exc:
+        return fail(str(exc))
+    try:
+        written = nbgrader_course.build(Path(args.out), topics)
+    except RuntimeError as exc:
+        print(f"kata: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    print(f"then: cd {args.out} && nbgrader generate_assignment TOPIC  (see README, 'nbgrader')")
+    return 0
+
+
 def cmd_topics(args) -> int:
     for t in course.topics():
         print(f"{t.name:<20} level {t.level}  {t.title}")
@@ -198,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="dist/gradescope-autograder.zip", help="the zip to write (default dist/gradescope-autograder.zip)")
     grading_options(p)
     p.set_defaults(func=cmd_gradescope)
+
+    p = sub.add_parser("nbgrader", help="build an nbgrader course folder from the katas")
+    p.add_argument("--out", default="build/nbgrader", help="the course folder (default build/nbgrader)")
+    p.add_argument("--topics", default="", help="comma-separated topics (default: every topic)")
+    p.set_defaults(func=cmd_nbgrader)
 
     p = sub.add_parser("topics", help="list the topics in course order")
     p.set_defaults(func=cmd_topics)

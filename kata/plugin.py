@@ -76,8 +76,37 @@ class Implementation:
         return found
 
 
+class InMemoryImplementation(Implementation):
+    """Topic modules built in this process (a notebook's functions, see kata.notebook),
+    graded with --impl=in-memory."""
+
+    modules: dict[str, object] = {}
+
+    def __init__(self):
+        super().__init__(Path("<in-memory>"))
+
+    def load(self, topic: str):
+        if topic not in self.modules:
+            raise MissingTopicFile(f"no {topic} functions were handed to the grader")
+        return self.modules[topic]
+
+    @classmethod
+    def files(cls) -> set[Path]:
+        """The files (notebook cells) the modules' functions were written in."""
+        found = set()
+        for module in cls.modules.values():
+            for obj in vars(module).values():
+                for fn in [obj, *vars(obj).values()] if isinstance(obj, type) else [obj]:
+                    code = getattr(fn, "__code__", None)
+                    if code is not None:
+                        found.add(Path(code.co_filename).resolve())
+        return found
+
+
 @pytest.fixture(scope="session")
 def impl(request) -> Implementation:
+    if request.config.getoption("--impl") == "in-memory":
+        return InMemoryImplementation()
     return Implementation(resolve_impl(request.config.getoption("--impl")))
 
 
@@ -110,6 +139,8 @@ class Result:
 
 def _learner_files(config) -> set[Path]:
     """The files of the implementation being graded: a frame in one of them is the learner's."""
+    if config.getoption("--impl") == "in-memory":
+        return InMemoryImplementation.files()
     return {p.resolve() for p in resolve_impl(config.getoption("--impl")).glob("*/*.py")}
 
 
