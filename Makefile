@@ -10,6 +10,7 @@
 #   make nbgrader [topics=a,b] [course=DIR]
 #                        build an nbgrader course folder (default build/nbgrader) from the katas
 #   make bench           how long a check takes, and the graders' measured speed ratios
+#   make bench-grade     grading throughput: kata grade against nbgrader autograde on one synthetic class
 #   make topics          the course, in order
 #
 # GPU users: install a CUDA build of torch into .venv before the first make (see README),
@@ -31,7 +32,7 @@ hidden ?=
 force  ?=
 course ?= build/nbgrader
 
-.PHONY: check test grade gradescope nbgrader stubs bench topics clean-venv
+.PHONY: check test grade gradescope nbgrader stubs bench bench-grade topics clean-venv
 
 # Installed once; reinstalled when the dependency list changes. torch is installed first,
 # and only when the venv has none, so a CUDA build the user put there is kept.
@@ -64,6 +65,9 @@ stubs: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	@$(PY) -m pytest benchmarks -p no:cacheprovider -q --benchmark-columns=min,median,max,rounds -o testpaths=benchmarks
+
+bench-grade: $(VENV)/.installed
+	@$(PY) benchmarks/bench_grade.py $(if $(students),--students $(students)) $(if $(topic),--topic $(topic))
 
 topics: $(VENV)/.installed
 	@$(PY) -m kata topics

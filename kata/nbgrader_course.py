@@ -83,3 +83,15 @@ def build(out: Path, topics: list[course.Topic]) -> list[Path]:
         nbformat.write(notebook(topic, reference_checks(topic)), str(path))
         written.append(path)
     return written
+
+
+def fill_in(release: Path, code: str, dest: Path) -> None:
+    """A student's hand-in: the released notebook with its solution cell replaced by `code`
+    (used by the self-test and the grading benchmark)."""
+    import nbformat
+
+    nb = nbformat.read(str(release), as_version=4)
+    (cell,) = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    cell.source = code
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(dest))

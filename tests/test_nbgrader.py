@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from kata.nbgrader_course import fill_in
 from tests.grading import ROOT, TESTS, run_kata
 
 STUDENTS = {"alice": ROOT / "solutions/attention/attention.py", "bob": TESTS / "mutants/attention/no_scaling.py"}
@@ -24,15 +25,6 @@ def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
-
-
-def fill_in(release: Path, code: str, dest: Path) -> None:
-    """What a student hands in: the released notebook with the solution cell written."""
-    nb = nbformat.read(str(release), as_version=4)
-    (cell,) = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
-    cell.source = code
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(dest))
 
 
 @pytest.fixture(scope="module")
