@@ -1,6 +1,10 @@
 # The front door. `make check topic=attention` and `make test` set everything up on first use.
 #
 #   make check topic=T [impl=exercises|solutions|PATH] [device=auto|cpu|cuda|mps] [only=test_a,test_b]
+#   make list            the course with your progress;  make hint topic=T [n=all]: the next hint
+#   make watch topic=T   grade again on every save;  make solution topic=T: the reference and a diff
+#   make reset topic=T   restore the stub (your file is backed up);  make notebook topic=T: a paired notebook
+#   make solutions-branch  the git branch 'solutions', exercises/ holding the answers (work tree untouched)
 #   make test            the project's own tests (graders vs solutions, stubs, mutants, variants)
 #   make stubs           regenerate exercises/ stubs from solutions/ (backs up any file it replaces)
 #   make grade submissions=DIR [out=DIR] [topics=a,b] [jobs=N] [hidden=DIR] [force=1]
@@ -32,7 +36,7 @@ hidden ?=
 force  ?=
 course ?= build/nbgrader
 
-.PHONY: check test grade gradescope nbgrader stubs bench bench-grade topics clean-venv
+.PHONY: check list hint watch solution solutions-branch reset notebook test grade gradescope nbgrader stubs bench bench-grade topics clean-venv
 
 # Installed once; reinstalled when the dependency list changes. torch is installed first,
 # and only when the venv has none, so a CUDA build the user put there is kept.
@@ -45,6 +49,27 @@ $(VENV)/.installed: pyproject.toml
 
 check: $(VENV)/.installed
 	@$(PY) -m kata check "$(topic)" --impl "$(impl)" --device "$(device)" --only "$(only)"
+
+list: $(VENV)/.installed
+	@$(PY) -m kata list
+
+hint: $(VENV)/.installed
+	@$(PY) -m kata hint "$(topic)" $(if $(n),--n "$(n)")
+
+watch: $(VENV)/.installed
+	@$(PY) -m kata watch "$(topic)" --device "$(device)"
+
+solution: $(VENV)/.installed
+	@$(PY) -m kata solution "$(topic)"
+
+solutions-branch: $(VENV)/.installed
+	@$(PY) -m kata solutions-branch
+
+reset: $(VENV)/.installed
+	@$(PY) -m kata reset "$(topic)"
+
+notebook: $(VENV)/.installed
+	@$(PY) -m kata notebook "$(topic)"
 
 # -n auto: the self-tests grade each implementation in its own process; spread them over the cores.
 test: $(VENV)/.installed

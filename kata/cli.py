@@ -7,8 +7,10 @@ missing path, unavailable device).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from kata import course
@@ -64,12 +66,26 @@ def cmd_check(args) -> int:
         device = pick_device(args.device)
     except ValueError as exc:
         return fail(str(exc))
+    own_work = root == course.EXERCISES
+    if own_work:
+        from kata import learner
+
+        try:
+            synced = learner.sync_notebook(topic)
+        except learner.LearnerError as exc:
+            return fail(str(exc))
+        if synced:
+            print(synced)
     shown = root.relative_to(course.ROOT) if root.is_relative_to(course.ROOT) else root
     print(f"Grading {shown / topic.name / (topic.name + '.py')} on {device.type}: {topic.title}")
     extra = ["--verdicts", "-qq", "--no-header", "--no-summary", "-o", "console_output_style=classic"]
-    if args.json:
-        extra.append(f"--kata-json={args.json}")
-    code = pytest.main(grader_args(topic, args.impl, device.type, *extra, only=only, timeout=args.timeout))
+    with tempfile.TemporaryDirectory() as tmp:
+        # A full check of the learner's own file is recorded for `kata list`.
+        results = Path(args.json) if args.json else Path(tmp) / "results.json"
+        extra.append(f"--kata-json={results}")
+        code = pytest.main(grader_args(topic, args.impl, device.type, *extra, only=only, timeout=args.timeout))
+        if own_work and not only and results.is_file():
+            learner.record_check(topic.name, json.loads(results.read_text()))
     return 0 if code == 0 else 1
 
 
@@ -167,6 +183,34 @@ def cmd_nbgrader(args) -> int:
     return 0
 
 
+def _learner_verb(args) -> int:
+    """list, hint, watch, solution, solutions-branch, reset and notebook (kata/learner.py)."""
+    from kata import learner
+
+    try:
+        if args.command == "list":
+            print(learner.list_course())
+        elif args.command == "solutions-branch":
+            print(learner.solutions_branch())
+        else:
+            topic = course.get(args.topic)
+            if args.command == "hint":
+                print(learner.hint(topic, args.n))
+            elif args.command == "solution":
+                print(learner.solution(topic))
+            elif args.command == "reset":
+                print(learner.reset(topic))
+            elif args.command == "notebook":
+                print(learner.notebook(topic))
+            elif args.command == "watch":
+                from kata.checks import pick_device
+
+                return learner.watch(topic, device=pick_device(args.device).type, poll=args.poll or None, runs=args.runs)
+    except (course.UnknownTopic, learner.LearnerError, ValueError) as exc:
+        return fail(str(exc))
+    return 0
+
+
 def cmd_topics(args) -> int:
     for t in course.topics():
         print(f"{t.name:<20} level {t.level}  {t.title}")
@@ -221,6 +265,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="build/nbgrader", help="the course folder (default build/nbgrader)")
     p.add_argument("--topics", default="", help="comma-separated topics (default: every topic)")
     p.set_defaults(func=cmd_nbgrader)
+
+    p = sub.add_parser("list", help="the course in order with your progress (no grading)")
+    p.set_defaults(func=_learner_verb)
+    p = sub.add_parser("hint", help="the next hint for a topic")
+    p.add_argument("topic", nargs="?", default="")
+    p.add_argument("--n", default=None, help="'all' shows every hint")
+    p.set_defaults(func=_learner_verb)
+    p = sub.add_parser("watch", help="grade again every time you save the topic's file (Ctrl-C stops)")
+    p.add_argument("topic", nargs="?", default="")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--poll", action="store_true", help="poll the file instead of waiting for file events (WSL, network mounts)")
+    p.add_argument("--runs", type=int, default=None, help=argparse.SUPPRESS)  # stop after N gradings (self-tests)
+    p.set_defaults(func=_learner_verb)
+    p = sub.add_parser("solution", help="the reference solution and a diff from your file to it")
+    p.add_argument("topic", nargs="?", default="")
+    p.set_defaults(func=_learner_verb)
+    p = sub.add_parser("solutions-branch", help="create or refresh the git branch 'solutions' (exercises/ holds the answers)")
+    p.set_defaults(func=_learner_verb)
+    p = sub.add_parser("reset", help="restore a topic's stub, saving your file under .kata/backups/ first")
+    p.add_argument("topic", nargs="?", default="")
+    p.set_defaults(func=_learner_verb)
+    p = sub.add_parser("notebook", help="pair the topic's file with a Jupyter notebook (jupytext)")
+    p.add_argument("topic", nargs="?", default="")
+    p.set_defaults(func=_learner_verb)
 
     p = sub.add_parser("topics", help="list the topics in course order")
     p.set_defaults(func=cmd_topics)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from kata import course
-from kata.plugin import write_atomically
+from kata.files import write_atomically
 
 STATUSES = ("passed", "partial", "failed", "not_started", "missing", "error", "timeout")
 TOKEN_ENV = "KATA_RESULT_TOKEN"

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from kata import checks, course
+from kata.files import write_atomically
 from kata.loader import LoadError, MissingTopicFile, load_module, resolve_impl, short_traceback
 
 VERDICT_LABELS = {
@@ -287,11 +287,3 @@ def summary(results: list[Result]) -> str:
             counts[r.verdict] = counts.get(r.verdict, 0) + 1
     detail = ", ".join(f"{n} {v}" for v, n in counts.items())
     return f"{passed} of {len(graded)} checks pass" + (f" ({detail})" if detail else "")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

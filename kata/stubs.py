@@ -76,19 +76,29 @@ def drifted() -> list[Path]:
     return [p for p, text in expected_stubs().items() if not p.is_file() or p.read_text() != text]
 
 
+def backup(path: Path, topic: str) -> Path:
+    """Copy a learner's file to .kata/backups/<topic>/, under a timestamped name no other backup has."""
+    folder = BACKUPS / topic
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = folder / f"{stamp}-{path.name}", 1
+    while target.exists():  # two backups within a second keep both
+        n += 1
+        target = folder / f"{stamp}-{n}-{path.name}"
+    shutil.copy2(path, target)
+    return target
+
+
 def write_stubs() -> list[str]:
     """Regenerate every stub. A file that differs from its new stub is backed up first:
     it may hold a learner's work."""
     messages = []
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     for path, text in expected_stubs().items():
         if path.is_file() and path.read_text() == text:
             continue
         if path.is_file():
-            backup = BACKUPS / path.parent.name / f"{stamp}-{path.name}"
-            backup.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, backup)
-            messages.append(f"backed up {path.relative_to(course.ROOT)} to {backup.relative_to(course.ROOT)}")
+            saved = backup(path, path.parent.name)
+            messages.append(f"backed up {path.relative_to(course.ROOT)} to {saved.relative_to(course.ROOT)}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         messages.append(f"wrote {path.relative_to(course.ROOT)}")
