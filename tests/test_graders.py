@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from kata import course
+from kata import course, learner
 from tests.grading import ROOT, caught_by, examples, grade, grade_in_process, submission
 
 TOPICS = course.topic_names()
@@ -49,6 +49,7 @@ def test_topic_has_every_part(topic):
         assert part.is_file(), f"topic {topic} has no {part.relative_to(ROOT)}"
     assert any(t == topic for t, _ in MUTANTS), f"no tests/mutants/{topic}/*.py"
     assert any(t == topic for t, _ in VARIANTS), f"no tests/variants/{topic}/*.py"
+    assert len(learner.hints(t)) >= 3, f"exercises/{topic}/README.md needs '### Hint N' sections under '## Hints' (make hint)"
 
 
 @pytest.mark.parametrize("topic", TOPICS)

@@ -1,0 +1,171 @@
+"""Mistake: apply_repetition_penalty scatters the penalised logits into the caller's tensor (scatter_), as the seed notebook's loop does.
+
+caught-by: test_repetition_penalty_matches_torch, test_low_precision
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
+    """Scale logits by 1 / temperature.
+
+    Args:
+        logits: (..., V) floating tensor.
+        temperature: > 0. Below 1 sharpens the distribution, above 1 flattens it.
+
+    Returns:
+        logits / temperature: same shape, dtype and device as `logits`.
+
+    Raises:
+        ValueError: if temperature <= 0 (greedy decoding is `sample`'s job).
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return logits / temperature
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the k largest logits of every row; set the others to -inf.
+
+    Ties: every logit equal to the k-th largest value of its row is kept as well, so a
+    row may keep more than k tokens when the k-th value is tied (the rule
+    `logits >= kth_value`, as in Hugging Face's TopKLogitsWarper).
+
+    Args:
+        logits: (..., V) floating tensor; it may already hold -inf.
+        k: >= 1. k >= V keeps every logit.
+
+    Returns:
+        (..., V) in the same dtype, on the same device, in the same token order:
+        kept logits unchanged, the others -inf.
+
+    Raises:
+        ValueError: if k < 1.
+    """
+    if k < 1:
+        raise ValueError(f"top_k_filter needs k >= 1, got k={k}")
+    if k >= logits.shape[-1]:
+        return logits.clone()  # nothing to drop; a new tensor all the same
+    # topk returns the k largest in descending order; the last is the cut-off.
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
+    # A threshold, not a scatter of topk's indices: ties with the cut-off are all kept,
+    # whichever order topk happened to return them in.
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filtering: keep the smallest set of most probable tokens whose total
+    probability reaches p; set the others to -inf.
+
+    Sort the probabilities softmax(logits) in descending order and add them up: the
+    first token whose running total is >= p crosses p. It and every more probable token
+    are kept (so the most probable token is always kept); the rest are dropped. Ties: a
+    token whose logit equals that of the token crossing p is kept too.
+
+    Args:
+        logits: (..., V) floating tensor; it may already hold -inf.
+        p: in (0, 1]. p = 1 keeps every token, even those whose probability
+            rounds to 0.
+
+    Returns:
+        (..., V) in the same dtype, on the same device, in the same token order as
+        `logits`: kept logits unchanged, the others -inf.
+
+    Raises:
+        ValueError: if p is not in (0, 1].
+    """
+    if not 0 < p <= 1:
+        raise ValueError(f"top_p_filter needs 0 < p <= 1, got p={p}")
+    if p == 1:
+        # Rounding can make the running total reach 1 before the last tokens, which
+        # would drop tokens of tiny but non-zero probability: keep everything.
+        return logits.clone()
+    sorted_logits = torch.sort(logits, dim=-1, descending=True).values  # (..., V)
+    # Probabilities in at least float32: a bfloat16 running total is off by ~1e-2.
+    compute = torch.promote_types(logits.dtype, torch.float32)
+    probs = torch.softmax(sorted_logits.to(compute), dim=-1)  # (..., V), descending
+    cum = torch.cumsum(probs, dim=-1)  # (..., V), running total
+    # Tokens before the crossing one have cum < p; +1 keeps the one that crosses p.
+    # Rounding may keep the total just below a p close to 1: clamp to V.
+    n_keep = ((cum < p).sum(dim=-1, keepdim=True) + 1).clamp(max=logits.shape[-1])  # (..., 1)
+    cutoff = sorted_logits.gather(-1, n_keep - 1)  # (..., 1): the smallest kept logit
+    # Compare with the cut-off in the original order: nothing to unsort.
+    return logits.masked_fill(logits < cutoff, float("-inf"))
+
+
+def sample(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw one token per row of logits.
+
+    temperature == 0 means greedy decoding: the argmax of each row, whatever top_k and
+    top_p say. Otherwise, in this order: apply_temperature, then top_k_filter (if top_k is
+    not None), then top_p_filter (if top_p is not None), then one draw from the softmax
+    of what is left, using `generator` for every random number, so that the same
+    generator state gives the same tokens.
+
+    Args:
+        logits: (..., V) floating tensor, any floating dtype.
+        temperature: >= 0; 0 is greedy.
+        top_k: None or >= 1.
+        top_p: None or in (0, 1].
+        generator: torch.Generator on logits' device, or None for torch's global one.
+
+    Returns:
+        int64 token ids of shape logits.shape[:-1] (a 0-d tensor for 1-D logits), on
+        logits' device.
+
+    Raises:
+        ValueError: for a negative temperature, or a bad top_k or top_p (as the
+            functions above).
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    # Temperature first: the nucleus depends on it (top-k would not, top-p does).
+    logits = apply_temperature(logits, temperature)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # (..., V); -inf -> 0
+    # multinomial takes 1-D or 2-D input: flatten the leading dims into rows.
+    flat = probs.reshape(-1, probs.shape[-1])  # (rows, V)
+    ids = torch.multinomial(flat, num_samples=1, generator=generator)  # (rows, 1)
+    return ids.reshape(logits.shape[:-1])  # (...,)
+
+
+def apply_repetition_penalty(logits: Tensor, prev_ids: Tensor, penalty: float) -> Tensor:
+    """Penalise every token that already occurs in the row's previous tokens.
+
+    For each token id present in a row's prev_ids, that row's logit is divided by
+    `penalty` if it is positive and multiplied by `penalty` otherwise (so penalty > 1
+    always makes the token less likely). A token is penalised once however often it
+    occurs.
+
+    Args:
+        logits: (..., V) floating tensor.
+        prev_ids: (..., N) int64 token ids in [0, V), with the same leading dims as
+            logits; N may be 0.
+        penalty: > 0; 1 changes nothing, > 1 discourages repetition.
+
+    Returns:
+        (..., V) in logits' dtype and on its device.
+
+    Raises:
+        ValueError: if penalty <= 0.
+    """
+    if not penalty > 0:
+        raise ValueError(f"penalty must be > 0, got {penalty}")
+    seen = logits.gather(-1, prev_ids)  # (..., N): the logit of each previous token
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    # A repeated id writes the same value (computed from the original logit) twice,
+    # so it is penalised once. scatter returns a new tensor: logits is left alone.
+    return logits.scatter_(-1, prev_ids, seen)  # MISTAKE: modifies the input
