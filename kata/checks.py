@@ -321,9 +321,12 @@ def expect_same_op_count(small: Counter, large: Counter, *, what: str, small_des
 def count_flops(fn: Callable, *args, **kwargs) -> int:
     """Floating-point operations of fn(*args, **kwargs) as torch's FlopCounterMode counts
     them (matmuls, convolutions and attention kernels; elementwise ops count 0)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils import flop_counter
 
-    counter = FlopCounterMode(display=False)
+    # Its inner dispatch mode would import torch._dynamo on first use (2-3 s) for nothing, as above.
+    if hasattr(flop_counter, "_FlopCounterMode"):
+        _skip_dynamo_import(flop_counter._FlopCounterMode)
+    counter = flop_counter.FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         fn(*args, **kwargs)
     return counter.get_total_flops()

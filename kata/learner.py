@@ -224,7 +224,6 @@ def solutions_branch(branch: str = "solutions") -> str:
 
 def notebook(topic: course.Topic) -> str:
     """Pair exercises/T/T.py with a Jupyter notebook (jupytext): edit either; `make check` syncs first."""
-    import jupytext  # noqa: F401  (a clear ImportError if missing)
 
     mine = topic.file_in(course.EXERCISES)
     if not mine.is_file():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from kata import checks, course
 from kata.files import write_atomically
@@ -119,9 +120,16 @@ def reference() -> Implementation:
 @pytest.fixture(scope="session")
 def device(request):
     try:
-        return checks.pick_device(request.config.getoption("--device"))
+        device = checks.pick_device(request.config.getoption("--device"))
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if device.type == "cpu":
+        # Checks run many small ops; on a busy CPU torch's parallel regions stall on
+        # descheduled threads (a 10 ms generate took 1.5 s with 2 threads under load).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        request.addfinalizer(lambda: torch.set_num_threads(threads))
+    return device
 
 
 # ---------------------------------------------------------------- verdicts
