@@ -224,7 +224,6 @@ def solutions_branch(branch: str = "solutions") -> str:
 
 def notebook(topic: course.Topic) -> str:
     """Pair exercises/T/T.py with a Jupyter notebook (jupytext): edit either; `make check` syncs first."""
-
     mine = topic.file_in(course.EXERCISES)
     if not mine.is_file():
         raise LearnerError(f"no {mine.relative_to(course.ROOT)}: make reset topic={topic.name} restores the stub")
