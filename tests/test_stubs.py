@@ -60,9 +60,11 @@ def test_malformed_markers_are_refused(broken, complaint):
 
 def test_regenerating_backs_up_a_learners_file(tmp_path, monkeypatch):
     exercises, solutions = tmp_path / "exercises", tmp_path / "solutions"
-    (solutions / "attention").mkdir(parents=True)
-    (solutions / "attention" / "attention.py").write_text(SOLUTION)
-    (exercises / "attention").mkdir(parents=True)
+    for topic in stubs.course.topic_names():  # a fake course: every topic has the demo solution
+        (solutions / topic).mkdir(parents=True)
+        (solutions / topic / f"{topic}.py").write_text(SOLUTION)
+        (exercises / topic).mkdir(parents=True)
+        (exercises / topic / f"{topic}.py").write_text(stubs.make_stub(SOLUTION, topic))
     learner = exercises / "attention" / "attention.py"
     learner.write_text("my precious work\n")
     monkeypatch.setattr(stubs.course, "EXERCISES", exercises)

@@ -1,0 +1,146 @@
+"""Mistake: RMSNorm registers weight as a buffer: saved in state_dict, but not a trainable parameter.
+
+caught-by: test_rms_norm_module_layout, test_rms_norm_module_gradients
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def rms_norm(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    """x / sqrt(mean(x^2 over the last dim) + eps) * weight.
+
+    Args:
+        x: (..., D) any number of leading dimensions.
+        weight: None or (D,), multiplies the normalised x.
+        eps: added to the mean square, inside the square root.
+
+    Returns:
+        (..., D) in x's dtype and on x's device. bfloat16 and float16 inputs are
+        computed in float32 and the result converted back to x's dtype.
+
+    Rules: no fused norm op (torch.nn.functional.rms_norm or any aten *_norm kernel,
+    whatever name reaches it); inputs unmodified; no Python loop over rows.
+    """
+    # Half precision has too little range for x^2 (float16 overflows above 256^2) and too
+    # little precision for a mean: work in float32, at least.
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    mean_square = xf.square().mean(dim=-1, keepdim=True)  # (..., 1)
+    # eps sits inside the root: it bounds the scale 1/sqrt(eps) when x is (nearly) zero.
+    y = xf * torch.rsqrt(mean_square + eps)  # (..., D)
+    if weight is not None:
+        y = y * weight  # (D,) broadcasts over the leading dims
+    return y.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation over the last dimension with a learned per-feature scale.
+
+    Args:
+        dim: D, the size of the last dimension of the inputs.
+        eps: added to the mean square inside the square root.
+
+    Attributes:
+        weight: nn.Parameter of shape (dim,), initialised to ones; the only parameter.
+        eps: float.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        # A Parameter (not a plain tensor) so the optimiser trains it and state_dict saves it.
+        self.register_buffer("weight", torch.ones(dim))  # MISTAKE: a buffer is not trained
+
+    def forward(self, x: Tensor) -> Tensor:
+        """rms_norm(x, self.weight, self.eps) for x of shape (..., dim)."""
+        return rms_norm(x, self.weight, self.eps)
+
+
+def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias, over the last dim.
+
+    The same as torch.nn.functional.layer_norm(x, (D,), weight, bias, eps): the
+    variance is the biased one (divided by D, not D - 1).
+
+    Args:
+        x: (..., D).
+        weight: None or (D,).
+        bias: None or (D,).
+        eps: added to the variance, inside the square root.
+
+    Returns:
+        (..., D) in x's dtype and on x's device; bfloat16 and float16 inputs are
+        computed in float32.
+
+    Rules: no fused norm op; inputs unmodified; no Python loop over rows.
+    """
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    # var_mean is numerically stable. E[x^2] - E[x]^2 is not: it subtracts two large,
+    # nearly equal numbers when the mean is large (x + 1000) and loses every digit of var.
+    # correction=0: the biased variance, divided by D.
+    var, mean = torch.var_mean(xf, dim=-1, keepdim=True, correction=0)  # (..., 1) each
+    y = (xf - mean) * torch.rsqrt(var + eps)  # (..., D)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y.to(x.dtype)
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    *,
+    training: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalisation per channel, as torch.nn.functional.batch_norm.
+
+    In training, each channel is normalised with the mean and biased variance of its
+    values over the batch (and length) dimensions, and the running statistics are
+    updated in place:
+        running_mean <- (1 - momentum) * running_mean + momentum * batch mean
+        running_var  <- (1 - momentum) * running_var  + momentum * unbiased batch variance
+    In eval, x is normalised with running_mean and running_var, and nothing is modified.
+
+    Args:
+        x: (N, C) or (N, C, L).
+        running_mean: (C,), updated in place in training.
+        running_var: (C,), updated in place in training.
+        weight: None or (C,).
+        bias: None or (C,).
+        training: use (and record) batch statistics, or use the running ones.
+        momentum: weight of the new batch in the running statistics.
+        eps: added to the variance, inside the square root.
+
+    Returns:
+        Same shape as x, in x's dtype; bfloat16 and float16 inputs are computed in float32.
+
+    Rules: no fused norm op; x, weight and bias unmodified (and the running statistics
+    too, in eval); no Python loop over channels or the batch.
+    """
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    dims = [0, *range(2, x.dim())]  # every dim but the channels: N, and L if there is one
+    shape = [1, x.shape[1]] + [1] * (x.dim() - 2)  # (1, C) or (1, C, 1): broadcasts per channel
+    if training:
+        var, mean = torch.var_mean(xf, dim=dims, correction=0)  # (C,) each, biased var
+        n = x.numel() // x.shape[1]  # values per channel
+        with torch.no_grad():
+            # In place, so the caller's tensors (a module's buffers) see the update. The
+            # running variance estimates the population's, hence the unbiased n / (n - 1).
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            running_var.lerp_((var * (n / (n - 1))).to(running_var.dtype), momentum)
+    else:
+        mean, var = running_mean, running_var
+    y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    return y.to(x.dtype)
