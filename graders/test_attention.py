@@ -31,11 +31,6 @@ def reference_attention(reference):
     return reference.load("attention")
 
 
-def need_dtype(dtype, device):
-    reason = checks.dtype_unsupported(dtype, device)
-    if reason:
-        pytest.skip(reason)
-
 
 # ---------------------------------------------------------------- torch's reference
 
@@ -174,7 +169,7 @@ def test_matches_torch(attention, device, case):
 @pytest.mark.parametrize("case", ["4d", "causal_and_bool_mask", "fewer_queries_than_keys", "float32_mask"])
 def test_low_precision(attention, device, case, dtype):
     """The output is in q's dtype, even when a float32 mask would promote the scores."""
-    need_dtype(dtype, device)
+    checks.need_dtype(dtype, device)
     args, kwargs = sdpa_case(case, device, dtype)
     what = describe_call("scaled_dot_product_attention", *args, **kwargs)
     got = rules.call(attention.scaled_dot_product_attention, *args, what=what, **kwargs)
@@ -370,7 +365,7 @@ def test_mha_gradients_reach_parameters(attention, device, case):
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
 def test_mha_low_precision(attention, device, dtype):
-    need_dtype(dtype, device)
+    checks.need_dtype(dtype, device)
     d_model, n_heads, bias, x, context, kwargs = mha_case("cross_attention_padding", device)
     mha = make_mha(attention, d_model, n_heads, device, bias=bias, dtype=dtype)
     x, context = x.to(dtype), context.to(dtype)

@@ -34,11 +34,6 @@ def reference_kv(reference):
     return reference.load("kv_cache")
 
 
-def need_dtype(dtype, device):
-    reason = checks.dtype_unsupported(dtype, device)
-    if reason:
-        pytest.skip(reason)
-
 
 # ---------------------------------------------------------------- torch's reference
 
@@ -299,7 +294,7 @@ def test_cache_dtype_and_device(kv, device, dtype, where):
     """The storage has the dtype and device asked for ('meta' checks device= on a CPU-only machine)."""
     target = device if where == "device" else torch.device("meta")
     if where == "device":
-        need_dtype(dtype, device)
+        checks.need_dtype(dtype, device)
     what = f"KVCache(2, 3, 8, 4, dtype={dtype}, device={target.type!r}).update"
     cache = kv.KVCache(B, H, 8, D, dtype=dtype, device=target)
     k, v = kv_chunk(3, seed=15, device=target, dtype=dtype)
@@ -365,7 +360,7 @@ def test_new_queries_attend_bottom_right(kv, device, stored, t):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_low_precision(kv, device, dtype):
     """A low-precision cache: output in that dtype, error within a few times torch's own."""
-    need_dtype(dtype, device)
+    checks.need_dtype(dtype, device)
     check_attend(kv, device, 4, 3, dtype=dtype)
 
 

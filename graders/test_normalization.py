@@ -32,11 +32,6 @@ def reference_norm(reference):
     return reference.load("normalization")
 
 
-def need_dtype(dtype, device):
-    reason = checks.dtype_unsupported(dtype, device)
-    if reason:
-        pytest.skip(reason)
-
 
 # ---------------------------------------------------------------- torch's reference
 
@@ -363,7 +358,7 @@ def test_batch_norm_gradients(norm, device, case, training):
 def test_low_precision(norm, device, op, case, dtype):
     """bfloat16 and float16 in, the same dtype out, as accurate as torch (which computes in
     float32): float16 cannot hold x^2 for |x| > 256, nor the squares of tiny values."""
-    need_dtype(dtype, device)
+    checks.need_dtype(dtype, device)
     if op == "batch_norm":
         x, rm, rv, params, kwargs = batch_case(case, device, dtype)
         expect_batch_norm_matches_torch(norm, x, rm, rv, batch_kwargs(params, kwargs, True), device=device, dtype=dtype)

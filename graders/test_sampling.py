@@ -35,11 +35,6 @@ def reference_sampling(reference):
     return reference.load("sampling")
 
 
-def need_dtype(dtype, device):
-    reason = checks.dtype_unsupported(dtype, device)
-    if reason:
-        pytest.skip(reason)
-
 
 # ---------------------------------------------------------------- torch's reference, float64
 
@@ -208,7 +203,7 @@ def test_top_p_matches_torch(sampling, device, case, p):
 @pytest.mark.parametrize("fn", ["apply_temperature", "top_k_filter", "top_p_filter", "apply_repetition_penalty"])
 def test_low_precision(sampling, device, fn, dtype):
     """Every filter returns logits in their own dtype; values as torch gives them in that dtype."""
-    need_dtype(dtype, device)
+    checks.need_dtype(dtype, device)
     logits = logits_case("3d", device, dtype)
     if fn == "apply_temperature":
         args = (logits, 0.7)
@@ -291,7 +286,7 @@ GREEDY_CASES = {
 def test_greedy_when_temperature_is_zero(sampling, device, case):
     """temperature=0 is the argmax of each row, whatever top_k and top_p say."""
     kwargs, dtype = GREEDY_CASES[case]
-    need_dtype(dtype, device)
+    checks.need_dtype(dtype, device)
     logits = logits_case(case.split("-")[0], device)
     if dtype != torch.float32:  # distinct values in bf16 too, so the argmax is unique
         logits = (torch.randperm(logits.shape[-1], generator=torch.Generator().manual_seed(3)) * 0.25).to(device, dtype).expand(4, -1)
@@ -408,7 +403,7 @@ def chi_square_p_value(observed, expected):
 @pytest.mark.parametrize("case", list(DISTRIBUTION_CASES))
 def test_sample_matches_filtered_softmax(sampling, device, case):
     kwargs, dtype = DISTRIBUTION_CASES[case]
-    need_dtype(dtype, device)
+    checks.need_dtype(dtype, device)
     rows = distribution_rows(device, dtype, neg_inf=case == "neg_inf_present")
     R, V = rows.shape
     full = {"temperature": 1.0, "top_k": None, "top_p": None, **kwargs}

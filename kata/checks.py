@@ -62,6 +62,15 @@ def dtype_unsupported(dtype: torch.dtype, device: torch.device) -> str | None:
     return None
 
 
+def need_dtype(dtype: torch.dtype, device: torch.device) -> None:
+    """Skip the check, with the reason, when the device cannot compute in dtype (never a silent pass)."""
+    import pytest
+
+    reason = dtype_unsupported(dtype, device)
+    if reason:
+        pytest.skip(reason)
+
+
 def randn(*shape: int, seed: int, device, dtype=torch.float32, scale: float = 1.0) -> Tensor:
     """Seeded normal values, identical on every device (drawn on the CPU in float64)."""
     g = torch.Generator().manual_seed(seed)

@@ -189,3 +189,42 @@ def test_an_interrupted_run_resumes_without_regrading(graded, tmp_path):
     assert "3 already graded, 1 to grade" in proc.stderr
     got = [(r["student"], r["status"]) for r in rows(resumed)]
     assert got == sorted((sid, EXPECTED[sid]) for sid in ("honest", "scaling_forgotten", "not_begun", "nothing_handed_in"))
+
+
+HIDDEN_CHECK = '''
+import torch
+from kata import checks
+
+SECRET_MARKER = "the instructor's hidden code"
+
+
+def test_causal_mask_large(impl, device):
+    got = impl.load("attention").causal_mask(50, 64, device=device)
+    if not torch.equal(got.cpu(), torch.ones(50, 64, dtype=torch.bool).tril(14)):
+        raise checks.Wrong("causal_mask(50, 64) is not the bottom-right triangle")
+'''
+
+
+def test_hidden_checks_run_only_when_grading_and_force_regrades(tmp_path):
+    submissions, out, hidden = tmp_path / "submissions", tmp_path / "gradebook", tmp_path / "hidden"
+    put(submissions, "honest", SOLUTION)
+    put(submissions, "top_left", (TESTS / "mutants/attention/causal_mask_top_left.py").read_text())
+    hidden.mkdir()
+    (hidden / "test_attention_hidden.py").write_text(HIDDEN_CHECK)
+    first = run_grade(submissions, out)
+    assert first.returncode == 0, first.stderr
+    plain = {r["student"]: r for r in rows(out)}
+
+    again = run_grade(submissions, out, "--hidden", str(hidden))
+    assert "2 already graded, 0 to grade" in again.stderr  # without --force nothing is redone
+    forced = run_grade(submissions, out, "--hidden", str(hidden), "--force")
+    assert forced.returncode == 0 and "0 already graded, 2 to grade" in forced.stderr, forced.stderr
+    graded = {r["student"]: r for r in rows(out)}
+    for sid in ("honest", "top_left"):
+        assert float(graded[sid]["max_score"]) == float(plain[sid]["max_score"]) + 1
+    results = json.loads((out / "results/top_left.json").read_text())
+    (hidden_test,) = [t for t in results["tests"] if "hidden: test_causal_mask_large" in t["name"]]
+    assert hidden_test["status"] == "failed" and hidden_test["visibility"] == "after_due_date"
+    feedback = (out / "feedback/top_left.md").read_text()
+    assert "hidden: test_causal_mask_large" in feedback and "SECRET_MARKER" not in feedback
+    assert graded["honest"]["status"] == "passed"
