@@ -76,3 +76,19 @@ def test_a_hanging_check_times_out_and_the_rest_still_run(tmp_path):
     assert verdicts.pop("test_causal_mask_rejects_fewer_keys_than_queries") == "timed out"
     assert set(verdicts.values()) == {"passed"}
     assert "TIMED OUT    test_causal_mask_rejects_fewer_keys_than_queries: no result within the per-check limit of 2s" in proc.stdout
+
+
+def test_other_verbs_refuse_bad_input_in_one_line(tmp_path):
+    cases = [
+        (("grade", str(tmp_path / "nope")), "no folder"),
+        (("grade", str(tmp_path), "--topics", "atention"), "did you mean 'attention'"),
+        (("grade-one", str(tmp_path), "--results", str(tmp_path / "r.json"), "--device", "tpu"), "unknown device 'tpu'"),
+        (("hint", "atention"), "did you mean 'attention'"),
+        (("reset",), "no topic given"),
+        (("nbgrader", "--topics", "nope"), "unknown topic 'nope'"),
+    ]
+    for args, message in cases:
+        proc = run_kata(*args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, (args, proc.stderr)
+    assert not (tmp_path / "r.json").exists()
