@@ -24,13 +24,14 @@ sys.path.insert(0, str(ROOT))
 
 from kata import course  # noqa: E402
 from kata.nbgrader_course import fill_in  # noqa: E402
+from tests.grading import examples, mutant_source  # noqa: E402
 
 
 def synthetic_class(topic: str, n: int) -> dict[str, str]:
     """n students cycling through: the solution, each mutant (partly wrong), the stub, a syntax error."""
     solution = course.get(topic).file_in(course.SOLUTIONS).read_text()
-    mutants = sorted((ROOT / "tests" / "mutants" / topic).glob("*.py"))
-    kinds = [solution, *(m.read_text() for m in mutants[:3]), course.get(topic).file_in(course.EXERCISES).read_text(), "def broken(:\n"]
+    mutants = [path for t, path in examples("mutants") if t == topic]
+    kinds = [solution, *(mutant_source(m) for m in mutants[:3]), course.get(topic).file_in(course.EXERCISES).read_text(), "def broken(:\n"]
     return {f"student{i:03d}": kinds[i % len(kinds)] for i in range(n)}
 
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import multiprocessing
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kata import course  # noqa: E402
+from tests.grading import caught_by, examples, submission  # noqa: E402
 
 
 def spin(_):
@@ -68,15 +68,12 @@ def main() -> None:
         for name, ratios in seen.items():
             ratios.sort()
             print(f"  {name:<20} median {statistics.median(ratios):.2f}  max {ratios[-1]:.2f}  min {ratios[0]:.2f}")
-        folder = ROOT / "tests"
-        variants = sorted((folder / "variants" / topic.name).glob("*.py"))
-        mutants = sorted((folder / "mutants" / topic.name).glob("*.py"))
-        slow = [m for m in mutants if re.search(r"^caught-by:.*\btest_\w*speed\b", m.read_text(), re.M)]
+        variants = [p for t, p in examples("variants") if t == topic.name]
+        mutants = [p for t, p in examples("mutants") if t == topic.name]
+        slow = [m for m in mutants if any(re.fullmatch(r"test_\w*speed", c) for c in caught_by(m))]
         for label, path in [("variant", v) for v in variants] + [("mutant", m) for m in slow]:
             with tempfile.TemporaryDirectory() as tmp:
-                (Path(tmp) / topic.name).mkdir()
-                shutil.copy(path, Path(tmp) / topic.name / f"{topic.name}.py")
-                ratios = speed_ratios(topic, tmp, args.device)
+                ratios = speed_ratios(topic, submission(topic.name, path, Path(tmp)), args.device)
             print(f"{label} {path.stem}: " + ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items()))
     finally:
         if pool:

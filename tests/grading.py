@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -64,10 +63,10 @@ def grade_in_process(pytester, topic: str, impl: Path, only: list[str] = ()) -> 
 
 
 def submission(topic: str, source: Path, tmp_path: Path) -> Path:
-    """A folder shaped like exercises/ holding `source` as the topic's file."""
+    """A folder shaped like exercises/ holding `source` (a file, or a .diff mutant) as the topic's file."""
     folder = tmp_path / "submission"
     (folder / topic).mkdir(parents=True)
-    shutil.copy(source, folder / topic / f"{topic}.py")
+    (folder / topic / f"{topic}.py").write_text(mutant_source(source))
     return folder
 
 
@@ -79,4 +78,55 @@ def caught_by(path: Path) -> list[str]:
 
 def examples(kind: str) -> list[tuple[str, Path]]:
     """(topic, file) for every file under tests/<kind>/<topic>/."""
-    return [(t.name, p) for t in course.topics() for p in sorted((TESTS / kind / t.name).glob("*.py"))]
+    return [(t.name, p) for t in course.topics() for p in sorted((TESTS / kind / t.name).glob("*.*")) if p.suffix in (".py", ".diff")]
+
+
+# ---------------------------------------------------------------- mutants written as edits
+
+
+class StaleMutant(AssertionError):
+    """A mutant's edit no longer matches the solution it is made from."""
+
+
+def _hunks(diff: str) -> list[tuple[str, str]]:
+    """(old, new) text of each hunk of a unified diff: '-' and ' ' lines make the old
+    text, '+' and ' ' lines the new one. Line numbers are ignored: hunks are found by text."""
+    hunks, old, new = [], None, None
+    for line in diff.splitlines(keepends=True):
+        if line.startswith("@@"):
+            if old is not None:
+                hunks.append(("".join(old), "".join(new)))
+            old, new = [], []
+        elif old is None or line.startswith(("--- ", "+++ ")):
+            continue
+        elif line.startswith("-"):
+            old.append(line[1:])
+        elif line.startswith("+"):
+            new.append(line[1:])
+        else:  # context; an empty context line may have lost its leading space
+            old.append(line[1:] if line.startswith(" ") else line)
+            new.append(line[1:] if line.startswith(" ") else line)
+    if old is not None:
+        hunks.append(("".join(old), "".join(new)))
+    return hunks
+
+
+def mutant_source(path: Path) -> str:
+    """A mutant as the learner file it models. A .py mutant is that file. A .diff mutant
+    is the text before its diff (the mistake and caught-by lines, which become the module
+    docstring) and a unified diff against the topic's reference solution, marker lines
+    removed: each hunk's text must occur exactly once, so a solution that changes under a
+    mutant makes it fail loudly instead of silently testing old code."""
+    text = path.read_text()
+    if path.suffix == ".py":
+        return text
+    header, _, diff = text.partition("\n--- ")
+    topic = path.parent.name
+    solution = course.get(topic).file_in(course.SOLUTIONS).read_text()
+    body = re.sub(r'\A(?:[ \t]*#[^\n]*\n|\s*\n)*(?:"""|\'\'\').*?(?:"""|\'\'\')\n', "", solution, count=1, flags=re.DOTALL)
+    body = "".join(line for line in body.splitlines(keepends=True) if not re.match(r"^[ \t]*# (BEGIN|END) SOLUTION\s*$", line))
+    for old, new in _hunks("--- " + diff):
+        if body.count(old) != 1:
+            raise StaleMutant(f"{path.relative_to(ROOT)}: a hunk occurs {body.count(old)} times in {topic}'s solution, not once:\n{old}")
+        body = body.replace(old, new)
+    return f'"""{header.strip()}\n"""\n' + body

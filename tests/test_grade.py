@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from kata import grade
-from tests.grading import ROOT, TESTS
+from tests.grading import ROOT, TESTS, mutant_source
 
 HOSTILE = TESTS / "hostile"
 SOLUTION = (ROOT / "solutions/attention/attention.py").read_text()
-MUTANT = TESTS / "mutants/attention/no_scaling.py"
+MUTANT = mutant_source(TESTS / "mutants/attention/no_scaling.py")
 STUB = ROOT / "exercises/attention/attention.py"
 FUTURE = "from __future__ import annotations\n"
 assert FUTURE in SOLUTION
@@ -63,7 +63,7 @@ def make_zip(path: Path, entries: dict[str, bytes], links: tuple[str, ...] = ())
 
 def build_class(folder: Path) -> None:
     put(folder, "honest", SOLUTION)
-    put(folder, "scaling_forgotten", MUTANT.read_text())
+    put(folder, "scaling_forgotten", MUTANT)
     put(folder, "not_begun", STUB.read_text())
     (folder / "nothing_handed_in").mkdir()
     # The honest student also left a conftest.py and a sitecustomize.py: never loaded.
@@ -208,7 +208,7 @@ def test_causal_mask_large(impl, device):
 def test_hidden_checks_run_only_when_grading_and_force_regrades(tmp_path):
     submissions, out, hidden = tmp_path / "submissions", tmp_path / "gradebook", tmp_path / "hidden"
     put(submissions, "honest", SOLUTION)
-    put(submissions, "top_left", (TESTS / "mutants/attention/causal_mask_top_left.py").read_text())
+    put(submissions, "top_left", mutant_source(TESTS / "mutants/attention/causal_mask_top_left.py"))
     hidden.mkdir()
     (hidden / "test_attention_hidden.py").write_text(HIDDEN_CHECK)
     first = run_grade(submissions, out)

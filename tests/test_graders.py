@@ -5,12 +5,13 @@ process, as a learner does; mutants and variants by the same grader run in-proce
 
 from __future__ import annotations
 
+import ast
 import re
 
 import pytest
 
 from kata import course, learner
-from tests.grading import ROOT, caught_by, examples, grade, grade_in_process, submission
+from tests.grading import ROOT, StaleMutant, caught_by, examples, grade, grade_in_process, mutant_source, submission
 
 TOPICS = course.topic_names()
 MUTANTS = examples("mutants")
@@ -47,7 +48,7 @@ def test_topic_has_every_part(topic):
     t = course.get(topic)
     for part in (t.file_in(course.SOLUTIONS), t.file_in(course.EXERCISES), t.grader, course.EXERCISES / topic / "README.md"):
         assert part.is_file(), f"topic {topic} has no {part.relative_to(ROOT)}"
-    assert any(t == topic for t, _ in MUTANTS), f"no tests/mutants/{topic}/*.py"
+    assert any(t == topic for t, _ in MUTANTS), f"no tests/mutants/{topic}/*.py or *.diff"
     assert any(t == topic for t, _ in VARIANTS), f"no tests/variants/{topic}/*.py"
     assert len(learner.hints(t)) >= 3, f"exercises/{topic}/README.md needs '### Hint N' sections under '## Hints' (make hint)"
 
@@ -83,3 +84,25 @@ def test_variant_passes_every_check(topic, path, tmp_path, pytester):
     graded = grade_in_process(pytester, topic, submission(topic, path, tmp_path))
     assert graded.checks
     assert graded.returncode == 0 and not graded.failing(), graded.explain()
+
+
+DIFF_MUTANTS = [(t, p) for t, p in MUTANTS if p.suffix == ".diff"]
+
+
+@pytest.mark.parametrize(("topic", "path"), DIFF_MUTANTS, ids=ids(DIFF_MUTANTS))
+def test_diff_mutant_still_applies_to_the_solution(topic, path):
+    """A .diff mutant is an edit of the reference solution: each hunk must still be found
+    once, and the result must be a Python module whose docstring names the mistake."""
+    source = mutant_source(path)
+    assert ast.get_docstring(ast.parse(source)).startswith("Mistake:")
+    assert "# MISTAKE" in source, f"{path.name}: mark the planted mistake with a '# MISTAKE:' comment"
+
+
+def test_a_stale_diff_mutant_fails_loudly(tmp_path, monkeypatch):
+    folder = tmp_path / "mutants" / "attention"
+    folder.mkdir(parents=True)
+    stale = folder / "stale.diff"
+    stale.write_text("Mistake: x.\n\ncaught-by: test_matches_torch\n\n--- a\n+++ b\n@@ -1 +1 @@\n-this line is in no solution\n+x\n")
+    monkeypatch.setattr("tests.grading.ROOT", tmp_path)
+    with pytest.raises(StaleMutant, match="occurs 0 times"):
+        mutant_source(stale)
