@@ -166,26 +166,37 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
     from kata.cli import grader_args
 
     token = secrets.token_hex(16)
-    out = scratch / f".results-{topic.name}-{secrets.token_hex(4)}.json"
+    # scratch/work is the process's folder and HOME: a file in it afterwards was written by
+    # the submission. scratch/tmp is TMPDIR, where torch and pytest may keep temporary files.
+    work, tmp = scratch / "work", scratch / "tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    work.mkdir(parents=True)
+    tmp.mkdir()
+    out = tmp / f"results-{secrets.token_hex(4)}.json"
     args = grader_args(topic, str(impl), limits.device, f"--kata-json={out}", "-q", "-p", "kata.plugin", timeout=limits.check_timeout)
     args[1:1] = _hidden_graders(hidden, topic.name)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(scratch),
-        "TMPDIR": str(scratch),
+        "HOME": str(work),
+        "TMPDIR": str(tmp),
         TOKEN_ENV: token,
         "OMP_NUM_THREADS": str(limits.threads),
         "MKL_NUM_THREADS": str(limits.threads),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     # -I: no PYTHON* variables, user site or current folder on sys.path; -B: no .pyc files written.
-    # The engine is put first on sys.path, so the graders run with this very copy of the suite.
-    boot = f"import sys; sys.path.insert(0, {str(course.ROOT)!r}); import pytest; raise SystemExit(pytest.main(sys.argv[1:]))"
+    # The engine is put first on sys.path, so the graders run with this very copy of the suite,
+    # and the write guard is in place before any of the student's code is loaded.
+    boot = (
+        f"import sys; sys.path.insert(0, {str(course.ROOT)!r}); "
+        f"from kata.grade import guard_writes; guard_writes({str(scratch)!r}); "
+        "import pytest; raise SystemExit(pytest.main(sys.argv[1:]))"
+    )
     cmd = [sys.executable, "-I", "-B", "-c", boot, *args]
     # CUDA reserves far more address space than it uses, so the cap applies on the CPU only.
     preexec = _limit_memory(limits.memory_mb) if limits.device == "cpu" else None
     proc = subprocess.Popen(
-        cmd, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True, preexec_fn=preexec,
     )  # fmt: skip
     try:
@@ -196,11 +207,8 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
     finally:
         _kill_group(proc)  # anything the student's code left running
     tail = output.decode(errors="replace").strip().splitlines()[-3:]
-    # The process ran in scratch with HOME and TMPDIR there too: anything new in it was written by the submission.
-    written = sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*") if p != out and p.is_file())
+    written = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
     if written:
-        shutil.rmtree(scratch)
-        scratch.mkdir()
         return TopicResult(topic.name, "error", message=f"the code wrote files ({', '.join(written[:5])}); submissions may not write files")
     try:
         data = json.loads(out.read_text())
@@ -214,6 +222,28 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
         return TopicResult(topic.name, "error", message=f"the grading process ended without a valid result ({how}; {exc})")
     out.unlink()
     return summarise(topic.name, data["checks"])
+
+
+def guard_writes(scratch: str) -> None:
+    """In a grading process: refuse, through an audit hook (PEP 578, which Python code cannot
+    remove), every file opened for writing outside `scratch` and /dev, and every new process.
+    Writes inside scratch are allowed (the results file) and reported afterwards as the
+    student's (grade_topic)."""
+    root = os.path.realpath(scratch)
+    allowed = (root + os.sep, "/dev/")
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def hook(event, args):
+        if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+            _, mode, flags = args
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & write_flags)
+            path = os.path.realpath(os.fsdecode(args[0]))
+            if writing and path != root and not path.startswith(allowed):  # the folder itself: O_TMPFILE
+                raise PermissionError(f"grading forbids writing files: {os.fsdecode(args[0])}")
+        elif event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork"):
+            raise PermissionError("grading forbids starting processes")
+
+    sys.addaudithook(hook)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

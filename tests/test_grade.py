@@ -35,6 +35,7 @@ EXPECTED = {
     "fake_summary": "error",
     "forges_results": "error",
     "writes_files": "error",
+    "writes_outside": "error",
     "crashes_interpreter": "error",
     "zip_honest": "passed",
     "zip_absolute_path": "error",
@@ -125,6 +126,8 @@ def test_hostile_rows_score_nothing_and_say_why(graded):
             assert topic["score"] == 0 and topic["message"], (sid, topic)
     messages = {sid: json.loads((out / "results" / f"{sid}.json").read_text())["extra_data"]["topics"][0]["message"] for sid in EXPECTED}
     assert "wrote files" in messages["writes_files"]
+    assert "grading forbids writing files: /tmp/kata-hostile-owned.txt" in messages["writes_outside"]
+    assert not Path("/tmp/kata-hostile-owned.txt").exists() and not Path("/tmp/kata-hostile-owned-by-shell.txt").exists()
     assert "link" in messages["zip_link"] and "absolute" in messages["zip_absolute_path"]
     assert "leaving its folder" in messages["zip_parent_path"] and "MiB" in messages["zip_oversized"]
     assert "not a readable zip" in messages["zip_not_a_zip"]
