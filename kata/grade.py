@@ -182,7 +182,6 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
         TOKEN_ENV: token,
         "OMP_NUM_THREADS": str(limits.threads),
         "MKL_NUM_THREADS": str(limits.threads),
-        "PYTHONDONTWRITEBYTECODE": "1",
     }
     # -I: no PYTHON* variables, user site or current folder on sys.path; -B: no .pyc files written.
     # The engine is put first on sys.path, so the graders run with this very copy of the suite,
