@@ -246,8 +246,9 @@ def test_update_is_vectorised(kv, device):
 
 
 def whole_storage(t: torch.Tensor) -> torch.Tensor:
-    """Every element of the storage behind t (not only the part t shows), as a flat tensor."""
-    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage())
+    """Every byte of the storage behind t (not only the part t shows), as a flat uint8 tensor.
+    Bytes, not values: storage from torch.empty may hold NaNs, and NaN != NaN."""
+    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage())
 
 
 @pytest.mark.parametrize("stored, t, max_len", [(6, 3, 8), (0, 5, 4)], ids=["3 more after 6 of 8", "5 into empty 4"])
