@@ -1,4 +1,6 @@
-"""The command line behind the Makefile: `kata check TOPIC`, `kata grade SUBMISSIONS`, `kata stubs`, `kata topics`.
+"""The command line behind the Makefile (`kata --help` lists every verb): the learner's
+`check`, `list`, `hint`, `watch`, `solution`, `solutions-branch`, `reset`, `notebook`; the
+instructor's `grade`, `grade-one`, `gradescope`, `nbgrader`; the maintainer's `stubs`, `topics`.
 
 Exit codes: 0 every check passes; 1 some check fails; 2 bad usage (unknown topic,
 missing path, unavailable device).
