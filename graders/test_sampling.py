@@ -86,11 +86,14 @@ def expect_filtered(got, logits, sure, maybe, *, what, device):
     g, x = got.detach().cpu(), logits.detach().cpu()
     sure, maybe = sure.cpu() | (x == NEG_INF), maybe.cpu()
     unchanged, dropped = g == x, g == NEG_INF
+    finite = x != NEG_INF
 
     def where(mask):
         idx = tuple(int(i) for i in mask.nonzero()[0])
         row = idx[:-1]
-        exp_kept = int(sure[row].sum()) if torch.equal(sure[row], maybe[row]) else f"{int(sure[row].sum())} to {int(maybe[row].sum())}"
+        # Counted among finite logits: a -inf in the input is neither kept nor dropped.
+        lo, hi = int((sure & finite)[row].sum()), int((maybe & finite)[row].sum())
+        exp_kept = lo if lo == hi else f"{lo} to {hi}"
         return (
             f"at index {idx} (logit {x[idx].item():.6g}): got {g[idx].item():.6g}; "
             f"that row keeps {int((unchanged & ~dropped)[row].sum())} tokens, expected {exp_kept}"
