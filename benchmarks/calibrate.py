@@ -43,7 +43,13 @@ def speed_ratios(topic: course.Topic, impl: Path | str, device: str) -> dict[str
                "--json", str(out), "--only", speed_checks(topic)]  # fmt: skip
         subprocess.run(cmd, cwd=ROOT, capture_output=True)
         checks = json.loads(out.read_text())["checks"]
-    return {c["name"]: c["properties"]["speed_ratio"] for c in checks if "speed_ratio" in c["properties"]}
+    # speed_ratio: learner / reference, a maximum; speedup: uncached / cached (kv_cache), a minimum.
+    return {c["name"]: p[k] for c in checks for p in [c["properties"]] for k in ("speed_ratio", "speedup") if k in p}
+
+
+def spread(ratios: list[float]) -> str:
+    ratios = sorted(ratios)
+    return f"median {statistics.median(ratios):.2f}  max {ratios[-1]:.2f}  min {ratios[0]:.2f}"
 
 
 def main() -> None:
@@ -52,6 +58,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--load", type=int, default=2, help="busy-loop processes competing for the CPU")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--variant-runs", type=int, default=5, help="gradings of each variant and slow mutant")
     args = parser.parse_args()
     topic = course.get(args.topic)
 
@@ -64,17 +71,22 @@ def main() -> None:
             for name, ratio in speed_ratios(topic, "solutions", args.device).items():
                 seen.setdefault(name, []).append(ratio)
             print(f"run {i + 1}/{args.runs}", end="\r", flush=True)
-        print(f"reference solution, {args.runs} runs, {args.load} busy processes, limits {topic.speed}")
+        print(f"reference solution, {args.runs} runs, {args.load} busy processes, limits {topic.speed} {topic.speedup or ''}")
         for name, ratios in seen.items():
-            ratios.sort()
-            print(f"  {name:<20} median {statistics.median(ratios):.2f}  max {ratios[-1]:.2f}  min {ratios[0]:.2f}")
+            print(f"  {name:<20} {spread(ratios)}")
         variants = [p for t, p in examples("variants") if t == topic.name]
         mutants = [p for t, p in examples("mutants") if t == topic.name]
         slow = [m for m in mutants if any(re.fullmatch(r"test_\w*speed", c) for c in caught_by(m))]
         for label, path in [("variant", v) for v in variants] + [("mutant", m) for m in slow]:
+            runs: dict[str, list[float]] = {}
             with tempfile.TemporaryDirectory() as tmp:
-                ratios = speed_ratios(topic, submission(topic.name, path, Path(tmp)), args.device)
-            print(f"{label} {path.stem}: " + ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items()))
+                impl = submission(topic.name, path, Path(tmp))
+                for _ in range(args.variant_runs):
+                    for name, ratio in speed_ratios(topic, impl, args.device).items():
+                        runs.setdefault(name, []).append(ratio)
+            print(f"{label} {path.stem}, {args.variant_runs} runs:")
+            for name, ratios in runs.items():
+                print(f"  {name:<20} {spread(ratios)}")
     finally:
         if pool:
             pool.terminate()

@@ -8,13 +8,15 @@ on every call; work (no loop over batch or heads) and speed against the referenc
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kata import checks, course
-from kata.checks import describe_call, expect_close, expect_raises, golden, randn
+from kata.checks import describe_call, expect_close, golden, randn
 
 TOPIC = course.get("attention")
 rules = checks.Rules(TOPIC.forbidden)
@@ -60,7 +62,7 @@ def torch_sdpa(q, k, v, mask=None, *, is_causal=False, scale=None, math_only=Fal
     if mask is not None:
         mask = mask.expand(*lead, t_q, t_k)
     if math_only:
-        return torch.ops.aten._scaled_dot_product_attention_math(q, k, v, attn_mask=mask, scale=scale)[0]
+        return checks.unfused_attention(q, k, v, mask, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
@@ -83,6 +85,8 @@ def sdpa_case(name: str, device, dtype=torch.float32):
     cases = {
         "3d": ((r(2, 5, 8, seed=1), r(2, 5, 8, seed=2), r(2, 5, 8, seed=3)), {}),
         "4d": ((q, k, v), {}),
+        # Any number of leading dims: code written for (B, H, T, D) alone fails here.
+        "5d": ((r(2, 2, 3, 5, 8, seed=1), r(2, 2, 3, 7, 8, seed=2), r(2, 2, 3, 7, 6, seed=3)), {"is_causal": True}),
         "fewer_queries_than_keys": ((r(2, 4, 3, 8, seed=1), r(2, 4, 7, 8, seed=2), r(2, 4, 7, 12, seed=3)), {}),
         "more_queries_than_keys": ((r(1, 2, 9, 8, seed=1), r(1, 2, 4, 8, seed=2), r(1, 2, 4, 8, seed=3)), {}),
         "broadcast_leading_dims": ((r(2, 3, 5, 8, seed=1), r(1, 3, 7, 8, seed=2), r(2, 1, 7, 8, seed=3)), {}),
@@ -104,7 +108,7 @@ def sdpa_case(name: str, device, dtype=torch.float32):
 
 
 SDPA_CASES = [
-    "3d", "4d", "fewer_queries_than_keys", "more_queries_than_keys", "broadcast_leading_dims",
+    "3d", "4d", "5d", "fewer_queries_than_keys", "more_queries_than_keys", "broadcast_leading_dims",
     "single_key", "bool_padding_mask", "float_mask", "causal", "causal_fewer_queries",
     "causal_and_bool_mask", "causal_and_float_mask", "explicit_scale", "zero_scale", "scale_with_value_dim",
     "large_magnitude", "non_contiguous",
@@ -149,7 +153,7 @@ def test_causal_mask_on_requested_device(attention, device, where):
 
 
 def test_causal_mask_rejects_fewer_keys_than_queries(attention):
-    expect_raises(ValueError, attention.causal_mask, 5, 3, what="causal_mask(5, 3)")
+    rules.expect_raises(ValueError, attention.causal_mask, 5, 3, what="causal_mask(5, 3)")
 
 
 # ---------------------------------------------------------------- scaled_dot_product_attention
@@ -165,8 +169,11 @@ def test_matches_torch(attention, device, case):
     expect_close(got, want, what=what, dtype=torch.float32, device=device, baseline=baseline)
 
 
+LOW_PRECISION_CASES = ["4d", "causal_and_bool_mask", "fewer_queries_than_keys", "float32_mask"]
+
+
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
-@pytest.mark.parametrize("case", ["4d", "causal_and_bool_mask", "fewer_queries_than_keys", "float32_mask"])
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES)
 def test_low_precision(attention, device, case, dtype):
     """The output is in q's dtype, even when a float32 mask would promote the scores."""
     checks.need_dtype(dtype, device)
@@ -200,36 +207,40 @@ def test_gradients_match_torch(attention, device, case):
         expect_close(g, w, what=f"the gradient of {name} through {what}", dtype=torch.float32, device=device, baseline=b)
 
 
-def test_no_loop_over_batch_or_heads(attention, device):
-    def ops(batch, heads):
-        q, k, v = (randn(batch, heads, 5, 8, seed=s, device=device) for s in (1, 2, 3))
-        return checks.count_ops(attention.scaled_dot_product_attention, q, k, v, padding_mask(batch, 5, device), is_causal=True)
+def sdpa_ops(attention, batch, heads, t, device):
+    q, k, v = (randn(batch, heads, t, 8, seed=s, device=device) for s in (1, 2, 3))
+    return rules.count_ops(attention.scaled_dot_product_attention, q, k, v, padding_mask(batch, t, device), is_causal=True)
 
+
+def test_no_loop_over_batch_or_heads(attention, device):
     checks.expect_same_op_count(
-        ops(2, 2), ops(5, 6), what="scaled_dot_product_attention", small_desc="B=2, H=2", large_desc="B=5, H=6"
-    )
+        partial(sdpa_ops, attention, 2, 2, 5, device), partial(sdpa_ops, attention, 5, 6, 5, device),
+        what="scaled_dot_product_attention", small_desc="B=2, H=2", large_desc="B=5, H=6",
+    )  # fmt: skip
 
 
 def test_no_loop_over_positions(attention, device):
-    def ops(t):
-        q, k, v = (randn(2, 2, t, 8, seed=s, device=device) for s in (1, 2, 3))
-        return checks.count_ops(attention.scaled_dot_product_attention, q, k, v, padding_mask(2, t, device), is_causal=True)
-
     checks.expect_same_op_count(
-        ops(4), ops(16), what="scaled_dot_product_attention", small_desc="t_q = t_k = 4", large_desc="t_q = t_k = 16"
-    )
+        partial(sdpa_ops, attention, 2, 2, 4, device), partial(sdpa_ops, attention, 2, 2, 16, device),
+        what="scaled_dot_product_attention", small_desc="t_q = t_k = 4", large_desc="t_q = t_k = 16",
+    )  # fmt: skip
 
 
 def test_speed(attention, reference_attention, device, record_property):
-    q, k, v = (randn(8, 16, 64, 16, seed=s, device=device) for s in (1, 2, 3))
+    """A hand-written softmax (even one that computes exp twice) passes with room to
+    spare; scores built by broadcasting q against k, or loops, do not (README). The head
+    dim is 64, as in most models: with 16, the softmax was most of the work and a correct
+    hand-written one measured 2.2-3.8x the reference's torch.softmax under load."""
+    q, k, v = (randn(8, 16, 64, 64, seed=s, device=device) for s in (1, 2, 3))
     mask = padding_mask(8, 64, device)
-    ratio = checks.speed_ratio(
-        lambda: attention.scaled_dot_product_attention(q, k, v, mask, is_causal=True),
-        lambda: reference_attention.scaled_dot_product_attention(q, k, v, mask, is_causal=True),
-        device=device,
-    )
+    limit = TOPIC.speed[device.type]
+    ratio = rules.speed_ratio(
+        partial(attention.scaled_dot_product_attention, q, k, v, mask, is_causal=True),
+        partial(reference_attention.scaled_dot_product_attention, q, k, v, mask, is_causal=True),
+        device=device, near=limit,
+    )  # fmt: skip
     record_property("speed_ratio", round(ratio, 3))
-    checks.expect_fast_enough(ratio, TOPIC.speed[device.type], what="scaled_dot_product_attention (8, 16, 64, 16)", device=device)
+    checks.expect_fast_enough(ratio, limit, what="scaled_dot_product_attention (8, 16, 64, 64)", device=device)
 
 
 # ---------------------------------------------------------------- MultiHeadAttention
@@ -237,7 +248,7 @@ def test_speed(attention, reference_attention, device, record_property):
 
 def make_mha(attention, d_model, n_heads, device, *, bias=True, dtype=torch.float32):
     """The learner's module with seeded weights, so every run grades the same numbers."""
-    mha = attention.MultiHeadAttention(d_model, n_heads, bias=bias)
+    mha = rules.call(attention.MultiHeadAttention, d_model, n_heads, bias=bias, what=f"MultiHeadAttention({d_model}, {n_heads}, bias={bias})")
     with torch.no_grad():
         for i, (_, p) in enumerate(sorted(mha.named_parameters())):
             p.copy_(randn(*p.shape, seed=100 + i, scale=d_model**-0.5, device="cpu"))
@@ -302,13 +313,13 @@ def call_mha(mha, x, context, kwargs):
 
 
 def test_mha_rejects_indivisible_d_model(attention):
-    expect_raises(ValueError, attention.MultiHeadAttention, 30, 4, what="MultiHeadAttention(30, 4)")
+    rules.expect_raises(ValueError, attention.MultiHeadAttention, 30, 4, what="MultiHeadAttention(30, 4)")
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 def test_mha_layout(attention, bias):
     what = f"MultiHeadAttention(32, 4, bias={bias})"
-    mha = attention.MultiHeadAttention(32, 4, bias=bias)
+    mha = rules.call(attention.MultiHeadAttention, 32, 4, bias=bias, what=what)
     if getattr(mha, "n_heads", None) != 4:
         raise checks.Wrong(f"{what}.n_heads is {getattr(mha, 'n_heads', 'missing')}, expected 4")
     for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
@@ -379,15 +390,18 @@ def test_mha_no_loop_over_batch_or_heads(attention, device):
     def ops(batch, heads):
         mha = make_mha(attention, 16, heads, device)
         x = randn(batch, 5, 16, seed=15, device=device)
-        return checks.count_ops(mha, x, is_causal=True)
+        return rules.count_ops(mha, x, is_causal=True)
 
-    checks.expect_same_op_count(ops(2, 2), ops(5, 8), what="MultiHeadAttention.forward", small_desc="B=2, 2 heads", large_desc="B=5, 8 heads")
+    checks.expect_same_op_count(
+        partial(ops, 2, 2), partial(ops, 5, 8), what="MultiHeadAttention.forward", small_desc="B=2, 2 heads", large_desc="B=5, 8 heads"
+    )
 
 
 def test_mha_speed(attention, reference_attention, device, record_property):
     mine = make_mha(attention, 256, 16, device)
     ref = make_mha(reference_attention, 256, 16, device)
     x = randn(8, 64, 256, seed=16, device=device)
-    ratio = checks.speed_ratio(lambda: mine(x, is_causal=True), lambda: ref(x, is_causal=True), device=device)
+    limit = TOPIC.speed[device.type]
+    ratio = rules.speed_ratio(partial(mine, x, is_causal=True), partial(ref, x, is_causal=True), device=device, near=limit)
     record_property("speed_ratio", round(ratio, 3))
-    checks.expect_fast_enough(ratio, TOPIC.speed[device.type], what="MultiHeadAttention(256, 16) on (8, 64, 256)", device=device)
+    checks.expect_fast_enough(ratio, limit, what="MultiHeadAttention(256, 16) on (8, 64, 256)", device=device)

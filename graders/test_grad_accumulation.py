@@ -17,7 +17,9 @@ work check and the forward hook instead.
 from __future__ import annotations
 
 import copy
+import functools
 from contextlib import contextmanager
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -44,7 +46,9 @@ def ga(impl):
 
 def make_model(kind: str, device) -> nn.Module:
     """A small seeded model: 'classifier' maps (N, 6) floats to (N, 5) logits; 'lm' maps
-    (B, T) token ids to (B, T, 11) logits, as a language model's head does."""
+    (B, T) token ids to (B, T, 11) logits, as a language model's head does, and 'grid'
+    (the same model) (B, 2, T) ids to (B, 2, T, 11) logits: logits (..., C) have any
+    number of leading dims."""
     if kind == "classifier":
         model = nn.Sequential(nn.Linear(FEATURES, 16), nn.Tanh(), nn.Linear(16, CLASSES))
     else:
@@ -79,16 +83,18 @@ def make_micro_batches(kind, spec, device, *, ignore_index=-100, seed=0):
     """One (inputs, targets) pair per entry of `spec`, a list of per-row real lengths.
 
     'lm': row lengths in 0..SEQ; positions past a row's length are padding (target
-    ignore_index). 'classifier': each row is 1 (a real target) or 0 (ignored).
+    ignore_index); 'grid': the same, each row holding 2 such sequences of one length.
+    'classifier': each row is 1 (a real target) or 0 (ignored).
     Real targets avoid class 0, so that ignore_index=0 can stand for a pad token."""
     batches = []
     for i, lengths in enumerate(spec):
         g = torch.Generator().manual_seed(seed * 100 + i)
         rows = len(lengths)
-        if kind == "lm":
-            inputs = torch.randint(0, VOCAB, (rows, SEQ), generator=g)
-            targets = torch.randint(1, VOCAB, (rows, SEQ), generator=g)
-            real = torch.arange(SEQ)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
+        if kind in ("lm", "grid"):
+            shape = (rows, SEQ) if kind == "lm" else (rows, 2, SEQ)
+            inputs = torch.randint(0, VOCAB, shape, generator=g)
+            targets = torch.randint(1, VOCAB, shape, generator=g)
+            real = torch.arange(SEQ) < torch.tensor(lengths).view(-1, *[1] * (len(shape) - 1))  # (B, T) or (B, 2, T)
         else:
             inputs = torch.randn(rows, FEATURES, generator=g, dtype=torch.float64).float()
             targets = torch.randint(1, CLASSES, (rows,), generator=g)
@@ -122,6 +128,7 @@ STEP_CASES = {
     "tokens_with_padding": ("lm", [[5, 2], [1, 4, 3], [5]], -100, None),
     "micro_batch_without_real_tokens": ("lm", [[5, 3], [0, 0], [2, 4, 1]], -100, None),
     "custom_ignore_index": ("lm", [[5, 2], [3], [1, 4, 5]], 0, None),
+    "token_grid": ("grid", [[5, 2], [1, 4, 3], [3]], -100, None),
     "clipping_bites": ("lm", [[5, 2], [1, 4, 3], [5]], -100, 0.05),
     "clipping_does_not_bite": ("lm", [[5, 2], [1, 4, 3], [5]], -100, 1e3),
     "clipping_bites_unequal_sizes": ("classifier", [[1, 1], [1, 0, 1, 1, 1], [0, 1, 1]], -100, 0.05),
@@ -309,6 +316,17 @@ def test_backward_after_each_micro_batch(ga, device, case):
         )
 
 
+def with_grad(fn):
+    """fn with autograd on: count_ops runs under no_grad, and a training step needs grad."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return run
+
+
 def test_no_loop_over_samples(ga, device):
     """The same aten ops for micro-batches of 2 rows as of 6: no Python loop over rows or targets."""
 
@@ -317,15 +335,10 @@ def test_no_loop_over_samples(ga, device):
         optimizer = OPTIMIZERS["adamw"](model.parameters())
         spec = [[(r % SEQ) + 1 for r in range(rows)]] * 3
         batches = make_micro_batches("lm", spec, device)
-
-        def step():
-            with torch.enable_grad():  # count_ops runs under no_grad; a training step needs grad
-                ga.accumulate_and_step(model, optimizer, batches, max_grad_norm=0.05)
-
-        return checks.count_ops(step)
+        return rules.count_ops(with_grad(ga.accumulate_and_step), model, optimizer, batches, max_grad_norm=0.05)
 
     checks.expect_same_op_count(
-        ops(2), ops(6), what="accumulate_and_step", small_desc="3 micro-batches of (2, 5) tokens", large_desc="3 micro-batches of (6, 5) tokens"
+        partial(ops, 2), partial(ops, 6), what="accumulate_and_step", small_desc="3 micro-batches of (2, 5) tokens", large_desc="3 micro-batches of (6, 5) tokens"
     )
 
 

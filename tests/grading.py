@@ -70,6 +70,14 @@ def submission(topic: str, source: Path, tmp_path: Path) -> Path:
     return folder
 
 
+def load_grader(topic: str):
+    """A topic's grader module, loaded by path (graders/ is not a package), for self-tests
+    of its reference and input helpers."""
+    from kata.loader import load_module
+
+    return load_module(course.get(topic).grader)
+
+
 def caught_by(path: Path) -> list[str]:
     """The grader checks a mutant names in its docstring's `caught-by:` line."""
     m = re.search(r"^caught-by:\s*(.+)$", path.read_text(), re.MULTILINE)

@@ -3,6 +3,8 @@ that fail on real errors, work counts that see loops."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -114,19 +116,101 @@ def test_op_count_sees_a_python_loop():
         return torch.stack([torch.softmax(row, -1) * 2 for row in x])
 
     small, large = torch.randn(2, 5), torch.randn(6, 5)
-    checks.expect_same_op_count(checks.count_ops(batched, small), checks.count_ops(batched, large), what="b", small_desc="2", large_desc="6")
+
+    def counts(fn):
+        return partial(RULES.count_ops, fn, small), partial(RULES.count_ops, fn, large)
+
+    checks.expect_same_op_count(*counts(batched), what="b", small_desc="2", large_desc="6")
     with pytest.raises(checks.Wrong, match="a Python loop"):
-        checks.expect_same_op_count(checks.count_ops(looped, small), checks.count_ops(looped, large), what="l", small_desc="2", large_desc="6")
+        checks.expect_same_op_count(*counts(looped), what="l", small_desc="2", large_desc="6")
+
+
+def test_an_op_count_that_varies_between_calls_is_not_called_a_loop():
+    """Random work (rejection sampling, as nn.init.trunc_normal_ does) changes the count from
+    call to call, here fewer ops for more rows: that says nothing about loops."""
+    extra = iter([3, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+
+    def random_work(x):
+        for _ in range(next(extra)):
+            torch.rand(3).sum()
+        return x * 2
+
+    small, large = torch.randn(2, 5), torch.randn(6, 5)
+    with pytest.raises(checks.Wrong) as err:
+        checks.expect_same_op_count(
+            partial(RULES.count_ops, random_work, small), partial(RULES.count_ops, random_work, large), what="f", small_desc="2 rows", large_desc="6 rows"
+        )
+    message = str(err.value)
+    assert "does not run the same aten ops each time" in message and "aten.rand ran 3/0/1/0/0 times on 2 rows" in message
+    assert "loop over them" not in message
+
+
+def test_work_checks_run_under_the_rules():
+    x = torch.randn(2, 3, 4, 8)
+    fused = partial(F.scaled_dot_product_attention, x, x, x)
+    for measure in (RULES.count_ops, RULES.record_ops, RULES.count_flops):
+        with pytest.raises(checks.RuleBroken, match="forbids"):
+            measure(fused)
+    with pytest.raises(checks.RuleBroken, match="modified its input"):
+        RULES.count_ops(lambda t: t.add_(1), x)
+    with pytest.raises(checks.RuleBroken, match="forbids"):
+        RULES.speed_ratio(fused, partial(torch.matmul, x, x), device=torch.device("cpu"))
+    with pytest.raises(checks.RuleBroken, match="forbids"):
+        RULES.expect_raises(ValueError, fused, what="f")
 
 
 def test_speed_ratio_tells_slow_from_fast():
     x = torch.randn(64, 64)
     cpu = torch.device("cpu")
-    fast = lambda: x @ x  # noqa: E731
+    fast = partial(torch.matmul, x, x)
     slow = lambda: [x @ x for _ in range(20)]  # noqa: E731
-    assert checks.speed_ratio(slow, fast, device=cpu) > 5
+    assert RULES.speed_ratio(slow, fast, device=cpu) > 5
     with pytest.raises(checks.TooSlow, match="limit 3x"):
-        checks.expect_fast_enough(checks.speed_ratio(slow, fast, device=cpu), 3.0, what="slow", device=cpu)
+        checks.expect_fast_enough(RULES.speed_ratio(slow, fast, device=cpu), 3.0, what="slow", device=cpu)
+
+
+def test_speed_ratio_measures_longer_near_the_limit():
+    """Rounds go on past the base budget only while the median's interval holds the limit."""
+    x = torch.randn(64, 64)
+    calls = {"n": 0}
+
+    def counted():
+        calls["n"] += 1
+        return x @ x
+
+    def rounds(**kwargs):
+        calls["n"] = 0
+        RULES.speed_ratio(counted, partial(torch.matmul, x, x), device=torch.device("cpu"), max_rounds=5, extra_budget_s=0.3, **kwargs)
+        return calls["n"]
+
+    far, near = rounds(near=100.0), rounds(near=1.0)
+    assert near > far
+
+
+def test_straddles_is_the_medians_interval():
+    ratios = [1.0 + 0.01 * i for i in range(100)]  # median 1.495, 95% interval about 1.39 to 1.60
+    assert checks._straddles(ratios, 1.5) and checks._straddles(ratios, 1.4)
+    assert not checks._straddles(ratios, 1.3) and not checks._straddles(ratios, 1.7)
+
+
+def test_reductions_in_float32_are_told_from_half_precision_ones():
+    x = torch.randn(4, 16, dtype=torch.bfloat16)
+
+    def ops(fn):
+        return RULES.record_ops(fn, x)
+
+    def check(fn):
+        checks.expect_reductions_in_float32(ops(fn), [x], what="f")
+
+    check(lambda t: t.float().square().mean(-1))  # converted first
+    check(lambda t: t.mean(-1, dtype=torch.float32))  # reads x itself, accumulates in float32
+    check(lambda t: torch.linalg.vector_norm(t, dim=-1, dtype=torch.float32))
+    with pytest.raises(checks.Wrong, match="returns bfloat16"):
+        check(lambda t: t.square().mean(-1))
+    with pytest.raises(checks.Wrong, match="reads bfloat16 values it computed"):
+        check(lambda t: t.square().mean(-1, dtype=torch.float32))
+    with pytest.raises(checks.Wrong, match="aten.bmm"):
+        check(lambda t: (t[:, None, :] @ t[:, :, None]).float())
 
 
 def test_pick_device():

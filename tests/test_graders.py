@@ -106,3 +106,13 @@ def test_a_stale_diff_mutant_fails_loudly(tmp_path, monkeypatch):
     monkeypatch.setattr("tests.grading.ROOT", tmp_path)
     with pytest.raises(StaleMutant, match="occurs 0 times"):
         mutant_source(stale)
+
+
+def test_random_work_gets_the_same_verdict_every_run(tmp_path, pytester):
+    """Every check starts from the same random seed (kata.plugin), so a submission whose
+    work is random gets the same message, counts included, on every run."""
+    path = ROOT / "tests" / "mutants" / "normalization" / "rms_norm_draws_an_init_every_call.diff"
+    folder = submission("normalization", path, tmp_path)
+    runs = [grade_in_process(pytester, "normalization", folder, only=["test_no_loop_over_rows"]) for _ in range(2)]
+    messages = [[c["message"] for c in graded.failing()] for graded in runs]
+    assert messages[0] and messages[0] == messages[1]

@@ -63,7 +63,8 @@ def scaled_dot_product_attention(
 
     Rules: no fused attention op (torch.nn.functional.scaled_dot_product_attention
     or any aten attention kernel, whatever name reaches it); inputs unmodified;
-    no Python loop over batch or heads.
+    no Python loop over batch or heads (its aten ops are counted, twice per size, so
+    every call on the same input must do the same work).
     """
     raise NotImplementedError("attention.scaled_dot_product_attention")
 

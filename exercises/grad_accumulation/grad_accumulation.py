@@ -37,8 +37,9 @@ def accumulate_and_step(
     may hold none at all.
 
     Args:
-        model: `model(inputs)` returns logits (..., C) for integer targets (...):
-            (N, C) for targets (N,), or (B, T, C) for token targets (B, T).
+        model: `model(inputs)` returns logits (..., C) for integer targets (...), with
+            any number of leading dims: (N, C) for targets (N,), (B, T, C) for token
+            targets (B, T), and so on.
         optimizer: a torch.optim optimizer over the model's parameters.
         micro_batches: a sequence of (inputs, targets) pairs. Together they hold at
             least one real target.

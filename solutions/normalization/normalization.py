@@ -26,10 +26,13 @@ def rms_norm(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6) -> Tens
 
     Returns:
         (..., D) in x's dtype and on x's device. bfloat16 and float16 inputs are
-        computed in float32 and the result converted back to x's dtype.
+        computed in float32 and the result converted back to x's dtype: every reduction
+        (the mean of the squares) returns float32 and reads float32 values or x itself
+        (mean(..., dtype=torch.float32)), never squares computed in half precision.
 
     Rules: no fused norm op (torch.nn.functional.rms_norm or any aten *_norm kernel,
-    whatever name reaches it); inputs unmodified; no Python loop over rows.
+    whatever name reaches it); inputs unmodified; no Python loop over rows, and the
+    same work on every call (no random draws).
     """
     # BEGIN SOLUTION
     # Half precision has too little range for x^2 (float16 overflows above 256^2) and too
@@ -85,9 +88,11 @@ def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
 
     Returns:
         (..., D) in x's dtype and on x's device; bfloat16 and float16 inputs are
-        computed in float32.
+        computed in float32, as in rms_norm: the mean and the variance come from
+        reductions in float32.
 
-    Rules: no fused norm op; inputs unmodified; no Python loop over rows.
+    Rules: no fused norm op; inputs unmodified; no Python loop over rows, and the
+    same work on every call.
     """
     # BEGIN SOLUTION
     xf = x.to(torch.promote_types(x.dtype, torch.float32))
@@ -135,10 +140,12 @@ def batch_norm(
         eps: added to the variance, inside the square root.
 
     Returns:
-        Same shape as x, in x's dtype; bfloat16 and float16 inputs are computed in float32.
+        Same shape as x, in x's dtype; bfloat16 and float16 inputs are computed in
+        float32, as in rms_norm: the batch statistics come from reductions in float32.
 
     Rules: no fused norm op; x, weight and bias unmodified (and the running statistics
-    too, in eval); no Python loop over channels or the batch.
+    too, in eval); no Python loop over channels or the batch, and the same work on
+    every call.
     """
     # BEGIN SOLUTION
     xf = x.to(torch.promote_types(x.dtype, torch.float32))

@@ -9,7 +9,9 @@ checks reproducibility, counts aten ops to catch Python loops, and times your to
 against the reference on (256, 32000) logits.
 
 Every function works on logits of shape (..., V): any number of leading dimensions
-(batch, time), the vocabulary last. None modifies its inputs.
+(batch, time), the vocabulary last. None modifies its inputs or loops over rows or
+tokens in Python (the aten ops are counted twice per size, so every call on the same
+input must do the same work).
 
 Run the grader:   make check topic=sampling
 Hints:            exercises/sampling/README.md
