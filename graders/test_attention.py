@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kata import checks, course
+from kata import checks, course, harness
 from kata.checks import describe_call, expect_close, golden, randn
 
 TOPIC = course.get("attention")
@@ -193,11 +193,10 @@ def test_gradients_match_torch(attention, device, case):
     q, k, v = (t.detach().clone().requires_grad_() for t in args[:3])
     args = (q, k, v, *args[3:])
     what = describe_call("scaled_dot_product_attention", *args, **kwargs)
-    out = rules.call(attention.scaled_dot_product_attention, *args, what=what, **kwargs)
+    upstream = randn(*output_shape(q, k, v), seed=9, device=device)
+    out = rules.call(attention.scaled_dot_product_attention, *args, what=what, backward=upstream, **kwargs)
     checks.expect_tensor(out, shape=output_shape(q, k, v), dtype=q.dtype, device=device, what=what)
-    upstream = randn(*out.shape, seed=9, device=device)
-    with rules.enforced():
-        grads = torch.autograd.grad(out, (q, k, v), upstream, allow_unused=True)
+    grads = (q.grad, k.grad, v.grad)
     gq, gk, gv = (golden(t) for t in (q, k, v))
     want = torch.autograd.grad(torch_sdpa(gq, gk, gv, *[golden(a) for a in args[3:]], **kwargs), (gq, gk, gv), golden(upstream))
     base = torch.autograd.grad(torch_sdpa(*args, **kwargs), (q, k, v), upstream)
@@ -249,9 +248,8 @@ def test_speed(attention, reference_attention, device, record_property):
 def make_mha(attention, d_model, n_heads, device, *, bias=True, dtype=torch.float32):
     """The learner's module with seeded weights, so every run grades the same numbers."""
     mha = rules.call(attention.MultiHeadAttention, d_model, n_heads, bias=bias, what=f"MultiHeadAttention({d_model}, {n_heads}, bias={bias})")
-    with torch.no_grad():
-        for i, (_, p) in enumerate(sorted(mha.named_parameters())):
-            p.copy_(randn(*p.shape, seed=100 + i, scale=d_model**-0.5, device="cpu"))
+    seeded = {name: randn(*p.shape, seed=100 + i, scale=d_model**-0.5, device="cpu") for i, (name, p) in enumerate(sorted(mha.named_parameters()))}
+    rules.call(harness.assign_parameters, mha, seeded)
     return mha.to(device=device, dtype=dtype)
 
 
@@ -307,9 +305,9 @@ MHA_CASES = ["self", "causal", "padding_mask", "float_mask", "per_head_bool_mask
              "cross_attention_padding", "cross_attention_causal", "one_head"]  # fmt: skip
 
 
-def call_mha(mha, x, context, kwargs):
+def call_mha(mha, x, context, kwargs, backward=None):
     what = describe_call(f"MultiHeadAttention({mha.q_proj.in_features}, {mha.n_heads})", x, *([context] if context is not None else []), **kwargs)
-    return rules.call(mha, x, context, what=what, **kwargs), what
+    return rules.call(mha, x, context, what=what, backward=backward, **kwargs), what
 
 
 def test_mha_rejects_indivisible_d_model(attention):
@@ -324,8 +322,8 @@ def test_mha_layout(attention, bias):
         raise checks.Wrong(f"{what}.n_heads is {getattr(mha, 'n_heads', 'missing')}, expected 4")
     for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
         layer = getattr(mha, name, None)
-        if not isinstance(layer, nn.Linear):
-            raise checks.Wrong(f"{what}.{name} is {type(layer).__name__}, expected nn.Linear(32, 32)")
+        if not checks.is_instance(layer, nn.Linear):
+            raise checks.Wrong(f"{what}.{name} is {checks.type_name(layer)}, expected nn.Linear(32, 32)")
         if (layer.in_features, layer.out_features, layer.bias is not None) != (32, 32, bias):
             raise checks.Wrong(f"{what}.{name} is {layer}, expected nn.Linear(32, 32, bias={bias})")
     n_params = sum(p.numel() for p in mha.parameters())
@@ -348,11 +346,9 @@ def test_mha_matches_torch(attention, device, case):
 def test_mha_gradients_reach_parameters(attention, device, case):
     d_model, n_heads, bias, x, context, kwargs = mha_case(case, device)
     mha = make_mha(attention, d_model, n_heads, device, bias=bias)
-    got, what = call_mha(mha, x, context, kwargs)
-    checks.expect_tensor(got, shape=x.shape, dtype=x.dtype, device=device, what=what)
     upstream = randn(*x.shape, seed=14, device=device)
-    with rules.enforced():
-        (got * upstream).sum().backward()
+    got, what = call_mha(mha, x, context, kwargs, backward=upstream)
+    checks.expect_tensor(got, shape=x.shape, dtype=x.dtype, device=device, what=what)
     want, ref = torch_mha(mha, x, context, **kwargs)
     (want * golden(upstream)).sum().backward()
     base_out, base = torch_mha(mha, x, context, **kwargs, dtype=torch.float32)

@@ -17,7 +17,6 @@ work check and the forward hook instead.
 from __future__ import annotations
 
 import copy
-import functools
 from contextlib import contextmanager
 from functools import partial
 from types import SimpleNamespace
@@ -213,7 +212,8 @@ class Watch:
 
 @contextmanager
 def watching(model, optimizer):
-    watch = Watch(model, optimizer)
+    """A Watch beside the model, in the executor; its records are read after the call."""
+    watch = rules.call(Watch, model, optimizer)
     try:
         yield watch
     finally:
@@ -235,6 +235,7 @@ def run_case(ga, device, case, optimizer_name, *, stale_grads=False):
     if stale_grads:
         for i, p in enumerate(model.parameters()):
             p.grad = randn(*p.shape, seed=300 + i, scale=5.0, device=device)
+    model, optimizer = checks.place(ga, model, optimizer)  # where the learner's code runs
     what = describe_step(optimizer_name, batches, ignore_index, max_grad_norm)
     with watching(model, optimizer) as watch:
         loss = call_step(ga, model, optimizer, clone_batches(batches), ignore_index=ignore_index, max_grad_norm=max_grad_norm, what=what)
@@ -286,7 +287,7 @@ def test_takes_exactly_one_step(ga, device):
 def test_model_sees_one_micro_batch_at_a_time(ga, device, case):
     """model(inputs) runs once per micro-batch, on that micro-batch alone."""
     model, batches, ignore_index, max_grad_norm = step_case(case, device)
-    optimizer = OPTIMIZERS["sgd"](model.parameters())
+    model, optimizer = checks.place(ga, model, OPTIMIZERS["sgd"](model.parameters()))
     what = describe_step("sgd", batches, ignore_index, max_grad_norm)
     with watching(model, optimizer) as watch:
         call_step(ga, model, optimizer, batches, ignore_index=ignore_index, max_grad_norm=max_grad_norm, what=what)
@@ -304,7 +305,7 @@ def test_backward_after_each_micro_batch(ga, device, case):
     """Each micro-batch's backward runs before the next forward, so its activations are
     freed: holding every graph until one final backward uses the full batch's memory."""
     model, batches, ignore_index, max_grad_norm = step_case(case, device)
-    optimizer = OPTIMIZERS["sgd"](model.parameters())
+    model, optimizer = checks.place(ga, model, OPTIMIZERS["sgd"](model.parameters()))
     what = describe_step("sgd", batches, ignore_index, max_grad_norm)
     with watching(model, optimizer) as watch:
         call_step(ga, model, optimizer, batches, ignore_index=ignore_index, max_grad_norm=max_grad_norm, what=what)
@@ -316,15 +317,11 @@ def test_backward_after_each_micro_batch(ga, device, case):
         )
 
 
-def with_grad(fn):
-    """fn with autograd on: count_ops runs under no_grad, and a training step needs grad."""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        with torch.enable_grad():
-            return fn(*args, **kwargs)
-
-    return run
+def with_grad(step, *args, **kwargs):
+    """step(*args, **kwargs) with autograd on, in the executor: count_ops runs under
+    no_grad, and a training step needs grad."""
+    with torch.enable_grad():
+        return step(*args, **kwargs)
 
 
 def test_no_loop_over_samples(ga, device):
@@ -332,10 +329,10 @@ def test_no_loop_over_samples(ga, device):
 
     def ops(rows):
         model = make_model("lm", device)
-        optimizer = OPTIMIZERS["adamw"](model.parameters())
+        model, optimizer = checks.place(ga, model, OPTIMIZERS["adamw"](model.parameters()))
         spec = [[(r % SEQ) + 1 for r in range(rows)]] * 3
         batches = make_micro_batches("lm", spec, device)
-        return rules.count_ops(with_grad(ga.accumulate_and_step), model, optimizer, batches, max_grad_norm=0.05)
+        return rules.count_ops(with_grad, ga.accumulate_and_step, model, optimizer, batches, max_grad_norm=0.05)
 
     checks.expect_same_op_count(
         partial(ops, 2), partial(ops, 6), what="accumulate_and_step", small_desc="3 micro-batches of (2, 5) tokens", large_desc="3 micro-batches of (6, 5) tokens"
@@ -343,6 +340,11 @@ def test_no_loop_over_samples(ga, device):
 
 
 # ---------------------------------------------------------------- train_epoch
+
+
+def one_pass(batches):
+    """A loader that can be iterated once (made in the executor, where it is iterated)."""
+    return (b for b in batches)
 
 
 # name: (number of batches, accumulation_steps, loader kind, optimizer, max_grad_norm)
@@ -364,7 +366,8 @@ def test_train_epoch_matches_full_batch_steps(ga, device, case):
     model = make_model("lm", device)
     optimizer = OPTIMIZERS[optimizer_name](model.parameters())
     (gold, gold_opt), (base, base_opt) = copies(model, optimizer_name)
-    loader = clone_batches(batches) if loader_kind == "list" else (b for b in clone_batches(batches))
+    model, optimizer = checks.place(ga, model, optimizer)
+    loader = clone_batches(batches) if loader_kind == "list" else checks.run_in(ga, one_pass, clone_batches(batches))
     what = (
         f"train_epoch(model, {optimizer_name}, {loader_kind} of {n_batches} batches, accumulation_steps={steps}"
         f"{'' if max_grad_norm is None else f', max_grad_norm={max_grad_norm}'})"

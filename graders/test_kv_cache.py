@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kata import checks, course
+from kata import checks, course, harness
 from kata.checks import describe_call, expect_close, expect_tensor, golden, randn
 
 TOPIC = course.get("kv_cache")
@@ -118,17 +118,18 @@ def make_model(kv, device, *, vocab_size=64, d_model=32, n_heads=4, n_layers=2, 
     """The learner's TinyDecoder with seeded weights, so every run grades the same numbers."""
     model = rules.call(kv.TinyDecoder, vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                        max_seq_len=max_seq_len, what="TinyDecoder(...)")  # fmt: skip
-    with torch.no_grad():
-        for i, (name, p) in enumerate(sorted(model.named_parameters())):
-            noise = randn(*p.shape, seed=seed + 100 + i, device="cpu")
-            if "emb" in name:
-                p.copy_(noise)
-            elif p.dim() == 2:  # linear weights: unit-variance outputs; a wide head spreads the logits
-                p.copy_(noise * p.shape[1] ** -0.5 * (3.0 if name == "head.weight" else 1.0))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * noise)
-            else:
-                p.copy_(0.1 * noise)
+    seeded = {}
+    for i, (name, p) in enumerate(sorted(model.named_parameters())):
+        noise = randn(*p.shape, seed=seed + 100 + i, device="cpu")
+        if "emb" in name:
+            seeded[name] = noise
+        elif p.dim() == 2:  # linear weights: unit-variance outputs; a wide head spreads the logits
+            seeded[name] = noise * p.shape[1] ** -0.5 * (3.0 if name == "head.weight" else 1.0)
+        elif "norm" in name and name.endswith("weight"):
+            seeded[name] = 1 + 0.1 * noise
+        else:
+            seeded[name] = 0.1 * noise
+    rules.call(harness.assign_parameters, model, seeded)
     return model.to(device)
 
 
@@ -138,7 +139,7 @@ def prompt_ids(batch, t0, vocab_size, device, seed=7):
 
 
 def call_generate(kv, model, prompt, n, use_cache):
-    what = describe_call("generate", model.__class__.__name__, prompt, n, use_cache=use_cache).replace("'", "")
+    what = describe_call("generate", checks.type_name(model), prompt, n, use_cache=use_cache).replace("'", "")
     return rules.call(kv.generate, model, prompt, n, use_cache=use_cache, what=what), what
 
 
@@ -187,19 +188,19 @@ def test_update_returns_views_of_fixed_storage(kv, device):
     for name, i in [("keys", 0), ("values", 1)]:
         first, last = returned[0][i], returned[-1][i]
         what = f"KVCache(2, 3, {max_len}, 4).update, called 6 times"
-        ptrs = {x[i].untyped_storage().data_ptr() for x in returned}
+        ptrs = {checks.storage_of(x[i])["storage"] for x in returned}
         if len(ptrs) != 1:
             raise checks.Wrong(
                 f"{what} returned {name} in {len(ptrs)} different storages: each update made new tensors "
                 "(torch.cat, clone, ...); write into storage allocated once in __init__ and return views of it"
             )
         needed = B * H * max_len * D * last.element_size()
-        if last.untyped_storage().nbytes() < needed:
+        if checks.storage_of(last)["nbytes"] < needed:
             raise checks.Wrong(
-                f"{what}: the {name} live in a storage of {last.untyped_storage().nbytes()} bytes; "
+                f"{what}: the {name} live in a storage of {checks.storage_of(last)['nbytes']} bytes; "
                 f"room for max_seq_len={max_len} positions needs {needed}: allocate it all in __init__"
             )
-        if last._base is None or first._base is not last._base:
+        if checks.storage_of(last)["base"] is None or checks.storage_of(first)["base"] != checks.storage_of(last)["base"]:
             raise checks.Wrong(f"{what}: the returned {name} are not views of one tensor (._base differs or is None)")
 
 
@@ -231,9 +232,10 @@ def test_update_is_vectorised(kv, device):
 
 
 def whole_storage(t: torch.Tensor) -> torch.Tensor:
-    """Every byte of the storage behind t (not only the part t shows), as a flat uint8 tensor.
-    Bytes, not values: storage from torch.empty may hold NaNs, and NaN != NaN."""
-    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage())
+    """Every byte, now, of the storage behind t where t was made (not only the part t
+    shows), as a flat uint8 tensor. Bytes, not values: storage from torch.empty may hold
+    NaNs, and NaN != NaN."""
+    return rules.call(harness.storage_bytes, checks.in_executor(t))
 
 
 @pytest.mark.parametrize("stored, t, max_len", [(6, 3, 8), (0, 5, 4)], ids=["3 more after 6 of 8", "5 into empty 4"])
@@ -241,14 +243,14 @@ def test_update_past_capacity_raises(kv, device, stored, t, max_len):
     """Writing past max_seq_len raises ValueError and leaves the cache exactly as it was."""
     cache, k0, v0, returned = filled_cache(kv, stored, max_len, device)
     # The storage behind the stored positions, every byte of it, before the refused write.
-    saved = [(name, whole_storage(x), whole_storage(x).clone()) for name, x in zip(("keys", "values"), returned or ())]
+    saved = [(name, x, whole_storage(x)) for name, x in zip(("keys", "values"), returned or ())]
     k, v = kv_chunk(t, seed=11, device=device)
     what = f"KVCache(2, 3, {max_len}, 4) holding {stored}: update with t={t}"
     rules.expect_raises(ValueError, cache.update, k, v, what=what)
     if cache.length != stored:
         raise checks.Wrong(f"after the refused {what}, cache.length is {cache.length!r}; expected {stored} (unchanged)")
-    for name, storage, before in saved:
-        if not torch.equal(storage, before):
+    for name, x, before in saved:
+        if not torch.equal(whole_storage(x), before):
             raise checks.Wrong(f"the refused {what} still wrote into the {name} storage: check the room before writing")
     # The room left is still usable.
     room = max_len - stored
@@ -393,17 +395,34 @@ def test_generate_matches_greedy_decoding(kv, device, use_cache):
         )
 
 
-def record_calls(model):
-    """Attach a hook noting, for each model call: ids shape, cache length (None without caches), training, grad mode."""
-    calls = []
+class CallRecorder:
+    """A hook on the model, in the executor beside it, noting for each model call: ids
+    shape, cache length (None without caches), training, grad mode."""
 
-    def hook(module, args, kwargs):
+    def __init__(self, model):
+        self.calls = []
+        self.handle = model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
         ids = args[0] if args else kwargs.get("ids")
         caches = args[1] if len(args) > 1 else kwargs.get("caches")
         length = caches[0].length if caches else None
-        calls.append((tuple(ids.shape), length, module.training, torch.is_grad_enabled()))
+        self.calls.append((tuple(ids.shape), length, module.training, torch.is_grad_enabled()))
 
-    return calls, model.register_forward_pre_hook(hook, with_kwargs=True)
+    def remove(self):
+        self.handle.remove()
+
+
+def record_calls(model):
+    """(the calls recorded so far, a function that returns them and removes the hook)."""
+    recorder = rules.call(CallRecorder, model)
+
+    def done():
+        calls = recorder.calls
+        recorder.remove()
+        return calls
+
+    return done
 
 
 @CACHED
@@ -413,11 +432,11 @@ def test_generate_calls_model_once_per_new_token(kv, device, use_cache):
     model = make_model(kv, device)
     prompt = prompt_ids(2, 5, 64, device)
     n = 6
-    calls, handle = record_calls(model)
+    done = record_calls(model)
     try:
         _, what = call_generate(kv, model, prompt, n, use_cache)
     finally:
-        handle.remove()
+        calls = done()
     got = [(shape, length) for shape, length, _, _ in calls]
     if use_cache:
         want = [((2, 5), 0)] + [((2, 1), 5 + i) for i in range(n - 1)]
@@ -432,11 +451,11 @@ def test_generate_calls_model_once_per_new_token(kv, device, use_cache):
 @CACHED
 def test_generate_runs_in_eval_mode_without_grad(kv, device, use_cache):
     model = make_model(kv, device).train()
-    calls, handle = record_calls(model)
+    done = record_calls(model)
     try:
         _, what = call_generate(kv, model, prompt_ids(2, 5, 64, device), 3, use_cache)
     finally:
-        handle.remove()
+        calls = done()
     if not calls:
         raise checks.Wrong(f"{what} never called the model")
     if any(training for _, _, training, _ in calls):

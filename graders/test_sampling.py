@@ -451,7 +451,7 @@ def test_sample_reproducible_with_generator(sampling, device, kwargs):
     what = describe_call("sample", logits, **kwargs, generator="torch.Generator().manual_seed(7)")
     draws = []
     for global_seed in (1, 2):
-        torch.manual_seed(global_seed)
+        checks.seed_executor(sampling.sample, global_seed)
         gen = torch.Generator(device=device).manual_seed(7)
         draws.append(rules.call(sampling.sample, logits, what=what, **kwargs, generator=gen))
     checks.expect_tensor(draws[0], shape=(8, 50), dtype=torch.int64, device=device, what=what)

@@ -1,38 +1,28 @@
-"""Shared grader machinery: every grader builds its checks from these pieces.
+"""Shared grader machinery, on the judge's side: every grader builds its checks from these pieces.
 
-A check fails by raising one of the verdict exceptions below; kata.plugin turns
-each into the one-line verdict the learner sees (DESIGN.md, contract 2).
+A check fails by raising one of the verdict exceptions (kata.verdicts); kata.plugin turns
+each into the one-line verdict the learner sees (DESIGN.md, contract 2). Learner code never
+runs here: `Rules` sends each call to the executor that holds it (kata.judge), where the
+harness (kata.harness) applies the rules and measures, and the values that come back are
+compared here with torch's own, computed here.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import math
-import statistics
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode, resolve_name
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch import Tensor
 
+from kata import harness
+from kata.harness import Op, TensorInfo
+from kata.judge import Remote, find_executor
+from kata.verdicts import RuleBroken, TooSlow, Wrong
 
-class Wrong(AssertionError):
-    """The learner's code returned something other than what torch gives."""
-
-
-class RuleBroken(AssertionError):
-    """The learner's code called a forbidden op or modified an input."""
-
-
-class TooSlow(AssertionError):
-    """The learner's code is measurably slower than the kata allows."""
+__all__ = ["Op", "RuleBroken", "Rules", "TensorInfo", "TooSlow", "Wrong"]
 
 
 # ---------------------------------------------------------------- inputs and devices
@@ -95,13 +85,9 @@ def golden(t):
 
 
 def describe(x) -> str:
-    if isinstance(x, Tensor):
-        shape = tuple(x.shape)
-        extra = "" if x.is_contiguous() or x.dim() < 2 else ", non-contiguous"
-        return f"{str(x.dtype).removeprefix('torch.')} {shape}{extra}"
-    if isinstance(x, float):
-        return f"{x:g}"
-    return repr(x)
+    if isinstance(x, Remote):
+        return x.kata_type
+    return harness.describe(x)
 
 
 def describe_call(name: str, *args, **kwargs) -> str:
@@ -112,135 +98,52 @@ def describe_call(name: str, *args, **kwargs) -> str:
 # ---------------------------------------------------------------- rules
 
 
-def _match(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+class Recording(list):
+    """The ops one call ran (Op, in order), and the storages of the call's own tensors."""
 
-
-class _ForbidFunctions(TorchFunctionMode):
-    """Catches forbidden calls at the Python API level.
-
-    Needed besides the dispatch mode: composite ops (such as
-    aten._scaled_dot_product_attention_math, or nn.MultiheadAttention's
-    weighted path) decompose into plain matmuls before reaching the dispatcher's
-    Python key, so only their torch-function entry shows who was called.
-    """
-
-    def __init__(self, patterns, hits):
-        super().__init__()
-        self.patterns, self.hits = patterns, hits
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = resolve_name(func) or getattr(func, "__name__", str(func))
-        if _match(name, self.patterns):
-            self.hits.append(name)
-            raise RuleBroken(f"called {name}, which this kata forbids")
-        return func(*args, **(kwargs or {}))
-
-
-class _ForbidOps(TorchDispatchMode):
-    """Catches forbidden aten ops however they were reached (aliases, torch.ops, Tensor methods)."""
-
-    def __init__(self, patterns, hits):
-        super().__init__()
-        self.patterns, self.hits = patterns, hits
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func)  # e.g. aten._scaled_dot_product_flash_attention_for_cpu.default
-        if _match(name, self.patterns):
-            self.hits.append(name)
-            raise RuleBroken(f"called the aten op {name}, which this kata forbids")
-        return func(*args, **(kwargs or {}))
-
-
-def _skip_dynamo_import(mode_cls: type[TorchDispatchMode]) -> type[TorchDispatchMode]:
-    """TorchDispatchMode wraps __torch_dispatch__ so that its first call imports
-    torch._dynamo (about 2 s, close to half of a whole check) only to keep the handler
-    out of torch.compile's tracing. Graders never compile their modes, so mark the raw
-    handler as its own "disabled" version and torch skips the import. Should torch change
-    this detail, the only cost is the import again."""
-    raw = getattr(mode_cls.__torch_dispatch__, "__wrapped__", None)
-    if raw is not None:
-        raw.__dynamo_disable = raw
-    return mode_cls
-
-
-_skip_dynamo_import(_ForbidOps)
-
-
-
-
-def _unwrap(fn, args=(), kwargs=None):
-    """fn, args and kwargs with any functools.partial layers folded in, so that a call
-    built as a partial (the speed checks build them) has its tensors watched like any other."""
-    kwargs = dict(kwargs or {})
-    while isinstance(fn, functools.partial):
-        args = (*fn.args, *args)
-        kwargs = {**fn.keywords, **kwargs}
-        fn = fn.func
-    return fn, tuple(args), kwargs
-
-
-def _name_of(fn) -> str:
-    fn, _, _ = _unwrap(fn)
-    return getattr(fn, "__qualname__", None) or type(fn).__name__
-
-
-def _tensors_of(fn, args, kwargs) -> list[tuple[str, Tensor]]:
-    """Every tensor the call could modify: its arguments and a module's parameters and buffers."""
-    fn, args, kwargs = _unwrap(fn, args, kwargs)
-    found = []
-    leaves, _ = tree_flatten((args, kwargs))
-    found += [(f"argument {i}", t) for i, t in enumerate(leaves) if isinstance(t, Tensor)]
-    if isinstance(fn, nn.Module):
-        found += [(f"module state {n}", t) for n, t in fn.state_dict(keep_vars=True).items()]
-    return found
+    input_storages: tuple[int, ...] = ()
 
 
 class Rules:
-    """Runs learner code under a kata's rules: forbidden ops and unmodified inputs.
+    """The kata's rules (forbidden ops, unmodified inputs) on every call a grader makes into
+    learner code, whichever check makes it: a rule enforced only by the value checks once
+    let op-count and speed checks pass code calling the very op the kata rebuilds
+    (tests/test_rules_everywhere.py proves it for every check of every topic).
 
-    Every call a grader makes into learner code goes through a method of this class
-    (call, expect_raises, count_ops, record_ops, count_flops, speed_ratio), whichever check
-    makes it: a rule enforced only by the value checks let op-count and speed checks pass
-    code that calls the very op the kata rebuilds. tests/test_rules_everywhere.py proves it
-    for every check of every topic.
+    A call whose function or arguments hold a Remote goes to that executor, which runs it
+    under kata.harness and sends back the result; with no Remote (the machinery's own
+    tests) the harness runs here.
     """
 
     def __init__(self, forbidden: tuple[str, ...]):
         self.forbidden = tuple(forbidden)
+        self._harness = harness.Harness(self.forbidden)
 
-    @contextmanager
-    def enforced(self) -> Iterator[None]:
-        hits: list[str] = []
-        try:
-            with _ForbidFunctions(self.forbidden, hits), _ForbidOps(self.forbidden, hits):
-                yield
-        finally:
-            # Recorded as well as raised: a learner's try/except cannot hide a violation.
-            if hits:
-                raise RuleBroken(f"called {hits[0]}, which this kata forbids: build it from smaller ops")
+    def _run(self, mode: str, fn, args, kwargs, **options):
+        ex = find_executor(fn, args, kwargs)
+        if ex is not None:
+            return ex.call(fn, args, kwargs, mode=mode, forbidden=self.forbidden, **options)
+        h = self._harness
+        may_modify = options.get("may_modify", ())
+        if mode == "call":
+            return h.call(fn, args, kwargs, what=options.get("what"), may_modify=may_modify, backward=options.get("backward"))
+        if mode == "record_ops":
+            return [harness.op_to_data(op) for op in h.record_ops(fn, args, kwargs, may_modify=may_modify)], [
+                TensorInfo.of(t).storage for _, t in harness.tensors_of(fn, args, kwargs)
+            ]
+        if mode == "count_ops":
+            return dict(h.count_ops(fn, args, kwargs, may_modify=may_modify))
+        if mode == "count_flops":
+            return h.count_flops(fn, args, kwargs, may_modify=may_modify)
+        learner, reference = args
+        return h.speed_ratio(learner, reference, device=options["device"], may_modify=may_modify, **options.get("speed", {}))
 
-    @contextmanager
-    def unchanged(self, fn, args=(), kwargs=None, *, what: str | None = None, may_modify: tuple[Tensor, ...] = ()) -> Iterator[None]:
-        """Raises RuleBroken after the block if it modified a tensor of the call
-        fn(*args, **kwargs) other than those in `may_modify` (the tensors the call is meant
-        to update in place: batch norm's running statistics, say)."""
-        allowed = {id(t) for t in may_modify}
-        watched = [(name, t) for name, t in _tensors_of(fn, args, kwargs) if id(t) not in allowed]
-        before = [(name, t, t.detach().clone(), t.shape, t.stride()) for name, t in watched]
-        yield
-        for name, t, copy, shape, stride in before:
-            # Meta tensors have no values to compare: their shape and strides still count.
-            same = t.is_meta or torch.equal(t.detach(), copy)
-            if t.shape != shape or t.stride() != stride or not same:
-                call = what or _name_of(fn)
-                raise RuleBroken(f"{call} modified its input ({name}, {describe(copy)}) in place; work on new tensors")
-
-    def call(self, fn: Callable, *args, what: str | None = None, may_modify: tuple[Tensor, ...] = (), **kwargs):
+    def call(self, fn: Callable, *args, what: str | None = None, may_modify: tuple[Tensor, ...] = (), backward: Tensor | None = None, **kwargs):
         """fn(*args, **kwargs) under the rules; raises RuleBroken if it called a forbidden
-        op or modified an input (other than those in `may_modify`)."""
-        with self.unchanged(fn, args, kwargs, what=what, may_modify=may_modify), self.enforced():
-            return fn(*args, **kwargs)
+        op or modified an input (other than those in `may_modify`, which come back updated).
+        With `backward` (the upstream gradient), the output's backward runs there too, and
+        the .grad of every argument that requires grad comes back."""
+        return self._run("call", fn, args, kwargs, what=what, may_modify=tuple(may_modify), backward=backward)
 
     def expect_raises(self, exc_type: type[BaseException], fn: Callable, *args, what: str, **kwargs) -> None:
         """fn must raise exc_type, under the rules. NotImplementedError (a stub) and a
@@ -252,119 +155,103 @@ class Rules:
         except (NotImplementedError, RuleBroken):
             raise
         except Exception as exc:
-            raise Wrong(f"{what} raised {type(exc).__name__}: {exc}; expected {exc_type.__name__}") from exc
+            name = getattr(exc, "remote_type", type(exc).__name__)
+            raise Wrong(f"{what} raised {name}: {exc}; expected {exc_type.__name__}") from exc
         raise Wrong(f"{what} returned {describe(result)}; expected it to raise {exc_type.__name__}")
 
-    def record_ops(self, fn: Callable, *args, may_modify: tuple[Tensor, ...] = (), **kwargs) -> list[Op]:
+    def record_ops(self, fn: Callable, *args, may_modify: tuple[Tensor, ...] = (), **kwargs) -> Recording:
         """Every aten op fn(*args, **kwargs) runs (under no_grad and the rules), in order."""
-        mode = _RecordOps()
-        with torch.no_grad(), self.unchanged(fn, args, kwargs, may_modify=may_modify), self.enforced(), mode:
-            fn(*args, **kwargs)
-        return mode.ops
+        data, storages = self._run("record_ops", fn, args, kwargs, may_modify=tuple(may_modify))
+        ops = Recording(op_from_data(d) for d in data)
+        ops.input_storages = tuple(int(s) for s in storages)
+        return ops
 
     def count_ops(self, fn: Callable, *args, may_modify: tuple[Tensor, ...] = (), **kwargs) -> Counter[str]:
-        """How many times each aten op that does work runs during fn(*args, **kwargs).
-        Views are left out: whether a reshape is a view or a copy depends on the sizes (a
-        single head is contiguous), not on how the code is written, and a Python loop shows
-        up in the compute ops anyway."""
-        ops = self.record_ops(fn, *args, may_modify=may_modify, **kwargs)
-        return Counter(op.name for op in ops if not op.is_view and op.name != "aten._unsafe_view")
+        """How many times each aten op that does work runs during fn(*args, **kwargs)
+        (views left out, kata.harness.Harness.count_ops)."""
+        counts = self._run("count_ops", fn, args, kwargs, may_modify=tuple(may_modify))
+        return Counter({str(k): int(v) for k, v in counts.items()})
 
-    def count_flops(self, fn: Callable, *args, **kwargs) -> int:
-        """Floating-point operations of fn(*args, **kwargs) as torch's FlopCounterMode counts
-        them (matmuls, convolutions and attention kernels; elementwise ops count 0)."""
-        from torch.utils import flop_counter
-
-        # Its inner dispatch mode would import torch._dynamo on first use (2-3 s) for nothing, as above.
-        if hasattr(flop_counter, "_FlopCounterMode"):
-            _skip_dynamo_import(flop_counter._FlopCounterMode)
-        counter = flop_counter.FlopCounterMode(display=False)
-        with torch.no_grad(), self.unchanged(fn, args, kwargs), self.enforced(), counter:
-            fn(*args, **kwargs)
-        return counter.get_total_flops()
+    def count_flops(self, fn: Callable, *args, may_modify: tuple[Tensor, ...] = (), **kwargs) -> int:
+        """Floating-point operations of fn(*args, **kwargs) as torch's FlopCounterMode counts them."""
+        return int(self._run("count_flops", fn, args, kwargs, may_modify=tuple(may_modify)))
 
     def speed_ratio(
-        self,
-        learner: Callable[[], object],
-        reference: Callable[[], object],
-        *,
-        device: torch.device,
-        near: float | None = None,
-        may_modify: tuple[Tensor, ...] = (),
-        warmup: int = 2,
-        min_rounds: int = 5,
-        max_rounds: int = 60,
-        budget_s: float = 1.0,
-        extra_budget_s: float = 3.0,
-    ) -> float:
-        """learner time / reference time: the median, over interleaved rounds, of the ratio
-        of the two calls made back to back, measured in this process. Build both calls with
-        functools.partial, so the rules see their tensors.
-
-        The warm-up calls run under the rules (forbidden ops, unmodified inputs other than
-        `may_modify`); the timed ones run bare, because the rule modes' per-op Python cost
-        would be timed with the code (measured: 3x on cached generation, 1.3x on
-        MultiHeadAttention) and pull every ratio towards 1.
-
-        `near` is the limit the ratio will be compared with. While the median's 95%
-        interval still contains it, rounds go on for up to `extra_budget_s` more seconds,
-        so code whose speed sits close to the limit gets its verdict from more evidence
-        instead of from one second's noise.
-
-        Calibrated on a busy 2-core machine (README, "Speed thresholds"): a ratio per round
-        compares two calls made under the same load, and alternating which runs first
-        spreads drift evenly. On the CPU both run on one thread, because with several, one
-        thread descheduled by another process stalls a whole parallel region and the
-        ratio of the solution to itself swung up to 3x.
-        """
-
-        def timed(fn) -> float:
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            return time.perf_counter() - start
-
-        threads = torch.get_num_threads()
-        if device.type == "cpu":
-            torch.set_num_threads(1)
-        try:
-            with torch.no_grad():
-                for _ in range(warmup):
-                    self.call(learner, may_modify=may_modify)
-                    self.call(reference, may_modify=may_modify)
-                ratios: list[float] = []
-                start = time.perf_counter()
-
-                def round_(i: int) -> None:
-                    if i % 2:
-                        t_learner = timed(learner)
-                        t_reference = timed(reference)
-                    else:
-                        t_reference = timed(reference)
-                        t_learner = timed(learner)
-                    ratios.append(t_learner / t_reference)
-
-                for i in range(max_rounds):
-                    round_(i)
-                    if i + 1 >= min_rounds and time.perf_counter() - start > budget_s:
-                        break
-                if near is not None:
-                    while _straddles(ratios, near) and time.perf_counter() - start < budget_s + extra_budget_s:
-                        round_(len(ratios))
-        finally:
-            torch.set_num_threads(threads)
-        return statistics.median(ratios)
+        self, learner: Callable[[], object], reference: Callable[[], object], *, device: torch.device,
+        near: float | None = None, may_modify: tuple[Tensor, ...] = (), **budget,
+    ) -> float:  # fmt: skip
+        """learner time / reference time, measured side by side where the learner's code
+        runs (kata.harness.Harness.speed_ratio). Build both with functools.partial."""
+        speed = {"near": near, **budget}
+        return float(self._run("speed", None, (learner, reference), {}, may_modify=tuple(may_modify), speed=speed, device=device))
 
 
-def _straddles(ratios: list[float], limit: float) -> bool:
-    """Whether the distribution-free 95% interval of the median of `ratios` contains `limit`:
-    the order statistics n/2 -+ 0.98 sqrt(n) (the binomial's normal approximation)."""
-    s = sorted(ratios)
-    n = len(s)
-    half = 0.98 * math.sqrt(n)
-    low, high = s[max(0, math.floor(n / 2 - half))], s[min(n - 1, math.ceil(n / 2 + half) - 1)]
-    return low <= limit <= high
+def op_from_data(d: dict) -> Op:
+    def info(x) -> TensorInfo:
+        dtype, shape, storage = x
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError("a malformed op record")
+        return TensorInfo(dtype, tuple(int(n) for n in shape), int(storage))
+
+    return Op(str(d["name"]), bool(d["view"]), tuple(info(x) for x in d["in"]), tuple(info(x) for x in d["out"]))
+
+
+# ---------------------------------------------------------------- learner objects
+
+
+def is_instance(obj, cls: type) -> bool:
+    """isinstance, for objects that may live in the executor (a Remote knows its classes' names)."""
+    if isinstance(obj, Remote):
+        return f"{cls.__module__}.{cls.__qualname__}" in obj.kata_mro
+    return isinstance(obj, cls)
+
+
+def type_name(obj) -> str:
+    return obj.kata_type if isinstance(obj, Remote) else type(obj).__name__
+
+
+def place(near, *objects) -> list[Remote]:
+    """Grader-built objects (a model and its optimizer, say) moved into the executor where
+    `near` (a learner Remote) lives, so the learner's code can work on them: Remotes of
+    copies that keep their references to each other. Pass together what refers together."""
+    ex = find_executor(near)
+    if ex is None:
+        return list(objects)
+    return ex.put(*objects)
+
+
+def run_in(near, fn: Callable, *args, **kwargs):
+    """fn(*args, **kwargs), a grader's own module-level function, run in the executor where
+    `near` lives (under the rules): a Remote of what it made there (a one-pass loader)."""
+    ex = find_executor(near)
+    return fn(*args, **kwargs) if ex is None else ex.call(fn, args, kwargs, keep=True)
+
+
+def seed_executor(near, seed: int) -> None:
+    """Reseed torch's global generator where `near` runs, before its next call."""
+    ex = find_executor(near)
+    if ex is None:
+        torch.manual_seed(seed)
+    else:
+        ex.seed(seed)
+
+
+def storage_of(t: Tensor) -> dict:
+    """Where tensor t lived where it was made: {'storage': address, 'nbytes': size,
+    'base': id of the tensor it views, or None}. Storage identity is evidence for work
+    checks (a cache returns views of one preallocated storage)."""
+    info = getattr(t, "kata_storage", None)
+    if info is not None:
+        return info
+    storage = t.untyped_storage()
+    return {"storage": storage.data_ptr(), "nbytes": storage.nbytes(), "base": id(t._base) if t._base is not None else None}
+
+
+def in_executor(t: Tensor):
+    """The executor's own tensor t was copied from (a Remote), to hand back to trusted
+    helpers there (kata.harness.storage_bytes); t itself where there is none."""
+    return getattr(t, "kata_remote", t)
+
 
 # ---------------------------------------------------------------- values
 
@@ -447,59 +334,6 @@ def expect_close(actual, expected: Tensor, *, what: str, dtype: torch.dtype, dev
 # ---------------------------------------------------------------- work and speed
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    storage: int  # address of its storage: views and in-place results share their input's
-
-    @classmethod
-    def of(cls, t: Tensor) -> TensorInfo:
-        try:
-            storage = t.untyped_storage().data_ptr()
-        except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, nested)
-            storage = -1
-        return cls(t.dtype, tuple(t.shape), storage)
-
-
-@dataclass(frozen=True)
-class Op:
-    """One aten op a call ran, as Rules.record_ops saw it."""
-
-    name: str  # the overload packet, e.g. "aten.mean"
-    is_view: bool
-    inputs: tuple[TensorInfo, ...]  # its tensor arguments
-    outputs: tuple[TensorInfo, ...]  # the tensors it returned
-
-    def new_tensors(self) -> list[TensorInfo]:
-        """The outputs in memory none of its inputs had (not views, not in-place results)."""
-        known = {t.storage for t in self.inputs}
-        return [t for t in self.outputs if t.storage not in known]
-
-
-class _RecordOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: list[Op] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        ins, _ = tree_flatten((args, kwargs))
-        outs, _ = tree_flatten(out)
-        self.ops.append(
-            Op(
-                name=str(func.overloadpacket),
-                is_view=func.is_view,
-                inputs=tuple(TensorInfo.of(t) for t in ins if isinstance(t, Tensor)),
-                outputs=tuple(TensorInfo.of(t) for t in outs if isinstance(t, Tensor)),
-            )
-        )
-        return out
-
-
-_skip_dynamo_import(_RecordOps)
-
-
 def expect_same_op_count(
     small: Callable[[], Counter], large: Callable[[], Counter], *, what: str, small_desc: str, large_desc: str
 ) -> None:
@@ -549,14 +383,14 @@ REDUCTIONS = frozenset(
 HALF = (torch.float16, torch.bfloat16)
 
 
-def expect_reductions_in_float32(ops: list[Op], given: list[Tensor], *, what: str) -> None:
+def expect_reductions_in_float32(ops: Recording, *, what: str) -> None:
     """Every reduction among `ops` (Rules.record_ops of one call) works in float32 or wider:
-    it returns no half-precision tensor, and reads none that the call computed (a tensor of
-    `given`, the call's own inputs, may be read as it is: mean(x, dtype=torch.float32)).
+    it returns no half-precision tensor, and reads none that the call computed (the call's
+    own inputs may be read as they are: mean(x, dtype=torch.float32)).
     In bfloat16 the values alone cannot show this: torch's reductions accumulate in float32
     internally, so x.square().mean() in bfloat16 stays inside bfloat16's tolerance; float16
     shows it only where x^2 overflows."""
-    own = {TensorInfo.of(t).storage for t in given}
+    own = set(ops.input_storages)
     for op in ops:
         if op.name not in REDUCTIONS:
             continue
@@ -569,13 +403,6 @@ def expect_reductions_in_float32(ops: list[Op], given: list[Tensor], *, what: st
                 f"{what} runs {op.name} in half precision (it {how}): the statistics must be computed in "
                 "float32; convert x to float32 before squaring and reducing, and the result back at the end"
             )
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def expect_fast_enough(ratio: float, limit: float, *, what: str, device: torch.device) -> None:

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kata import course
+from kata import course, engine
 
 USAGE_ERROR = 2
 
@@ -23,26 +23,6 @@ USAGE_ERROR = 2
 def fail(message: str) -> int:
     print(f"kata: {message}", file=sys.stderr)
     return USAGE_ERROR
-
-
-def grader_args(
-    topic: course.Topic, impl: str, device: str, *extra: str, only: list[str] = (), timeout: float | None = None
-) -> list[str]:
-    """pytest arguments that grade `topic` in `impl`; `only` narrows it to some check functions,
-    `timeout` replaces the topic's per-check limit."""
-    targets = [f"{topic.grader}::{name}" for name in only] or [str(topic.grader)]
-    return [
-        *targets,
-        f"--impl={impl}",
-        f"--device={device}",
-        f"--rootdir={course.ROOT}",
-        f"--config-file={course.ROOT / 'pyproject.toml'}",
-        f"--timeout={timeout or topic.timeout:g}",
-        "-p", "no:cacheprovider",
-        # Not used by graders; leaving them out keeps a check's start-up short.
-        "-p", "no:benchmark",
-        *extra,
-    ]  # fmt: skip
 
 
 def cmd_check(args) -> int:
@@ -85,7 +65,7 @@ def cmd_check(args) -> int:
         # A full check of the learner's own file is recorded for `kata list`.
         results = Path(args.json) if args.json else Path(tmp) / "results.json"
         extra.append(f"--kata-json={results}")
-        code = pytest.main(grader_args(topic, args.impl, device.type, *extra, only=only, timeout=args.timeout))
+        code = pytest.main(engine.grader_args(topic, args.impl, device.type, *extra, only=only, timeout=args.timeout))
         if own_work and not only and results.is_file():
             learner.record_check(topic.name, json.loads(results.read_text()))
     return 0 if code == 0 else 1

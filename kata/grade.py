@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import os
-import resource
 import secrets
 import shutil
 import signal
@@ -37,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from kata import course
+from kata import course, sandbox, zygote
 from kata.files import write_atomically
 
 STATUSES = ("passed", "partial", "failed", "not_started", "missing", "error", "timeout")
@@ -146,15 +145,6 @@ def private_copy(source: Path, topics: list[str], dest: Path) -> dict[str, bool]
 # ---------------------------------------------------------------- one topic, one process
 
 
-def _limit_memory(megabytes: int):
-    def apply():
-        limit = megabytes * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
-
-
 def _hidden_graders(hidden: Path | None, topic: str) -> list[str]:
     if hidden is None:
         return []
@@ -162,41 +152,46 @@ def _hidden_graders(hidden: Path | None, topic: str) -> list[str]:
 
 
 def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, scratch: Path, hidden: Path | None) -> TopicResult:
-    """Run the topic's grader on impl in a fresh, limited process; never raises for the student's faults."""
-    from kata.cli import grader_args
+    """Run the topic's grader on impl: a fresh judge process, whose executor (the only
+    process that runs the student's code, kata.executor) is confined by kata.sandbox.
+    Never raises for the student's faults."""
+    from kata.engine import grader_args
 
     token = secrets.token_hex(16)
-    # scratch/work is the process's folder and HOME: a file in it afterwards was written by
-    # the submission. scratch/tmp is TMPDIR, where torch and pytest may keep temporary files.
-    work, tmp = scratch / "work", scratch / "tmp"
+    # scratch/work is the executor's folder and HOME: a file in it afterwards was written by
+    # the submission. scratch/tmp is its TMPDIR, where torch may keep temporary files.
+    # scratch/judge is the judge's own: the results file is there, out of the executor's reach.
+    work, tmp, judge = scratch / "work", scratch / "tmp", scratch / "judge"
     shutil.rmtree(scratch, ignore_errors=True)
-    work.mkdir(parents=True)
-    tmp.mkdir()
-    out = tmp / f"results-{secrets.token_hex(4)}.json"
+    for folder in (work, tmp, judge):
+        folder.mkdir(parents=True)
+    out = judge / f"results-{secrets.token_hex(4)}.json"
     args = grader_args(topic, str(impl), limits.device, f"--kata-json={out}", "-q", "-p", "kata.plugin", timeout=limits.check_timeout)
     args[1:1] = _hidden_graders(hidden, topic.name)
+    confinement = {
+        "cwd": str(work),
+        "env": {"HOME": str(work), "TMPDIR": str(tmp)},
+        "writable": [str(work), str(tmp)],
+        # CUDA reserves far more address space than it uses, so the cap applies on the CPU only.
+        "memory_mb": limits.memory_mb if limits.device == "cpu" else None,
+    }
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(work),
-        "TMPDIR": str(tmp),
+        "HOME": str(judge),
+        "TMPDIR": str(judge),
         TOKEN_ENV: token,
         "OMP_NUM_THREADS": str(limits.threads),
         "MKL_NUM_THREADS": str(limits.threads),
+        sandbox.OPTIONS_ENV: json.dumps(confinement),
     }
+    if zygote.address():
+        env[zygote.ADDRESS_ENV] = zygote.address()  # the class's warm zygote forks every executor
     # -I: no PYTHON* variables, user site or current folder on sys.path; -B: no .pyc files written.
-    # The engine is put first on sys.path, so the graders run with this very copy of the suite,
-    # and the write guard is in place before any of the student's code is loaded.
-    boot = (
-        f"import sys; sys.path.insert(0, {str(course.ROOT)!r}); "
-        f"from kata.grade import guard_writes; guard_writes({str(scratch)!r}); "
-        "import pytest; raise SystemExit(pytest.main(sys.argv[1:]))"
-    )
+    # The engine is put first on sys.path, so the graders run with this very copy of the suite.
+    boot = f"import sys; sys.path.insert(0, {str(course.ROOT)!r}); import pytest; raise SystemExit(pytest.main(sys.argv[1:]))"
     cmd = [sys.executable, "-I", "-B", "-c", boot, *args]
-    # CUDA reserves far more address space than it uses, so the cap applies on the CPU only.
-    preexec = _limit_memory(limits.memory_mb) if limits.device == "cpu" else None
     proc = subprocess.Popen(
-        cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=preexec,
+        cmd, cwd=judge, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         output, _ = proc.communicate(timeout=max(budget, 1.0))
@@ -204,7 +199,7 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
         _kill_group(proc)
         return TopicResult(topic.name, "timeout", message=f"grading did not finish within the per-student limit ({limits.student_timeout:g} s)")
     finally:
-        _kill_group(proc)  # anything the student's code left running
+        _kill_group(proc)  # the judge; its executor ends with its connection to the zygote
     tail = output.decode(errors="replace").strip().splitlines()[-3:]
     written = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
     if written:
@@ -216,33 +211,9 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
     except (OSError, ValueError) as exc:
         out.unlink(missing_ok=True)
         how = f"exit code {proc.returncode}" if proc.returncode >= 0 else f"killed by {signal.Signals(-proc.returncode).name}"
-        if proc.returncode == -signal.SIGKILL or "MemoryError" in "\n".join(tail):
-            how += " (out of memory?)"
-        return TopicResult(topic.name, "error", message=f"the grading process ended without a valid result ({how}; {exc})")
+        return TopicResult(topic.name, "error", message=f"the grading process ended without a valid result ({how}; {exc}; {' / '.join(tail)})")
     out.unlink()
     return summarise(topic.name, data["checks"])
-
-
-def guard_writes(scratch: str) -> None:
-    """In a grading process: refuse, through an audit hook (PEP 578, which Python code cannot
-    remove), every file opened for writing outside `scratch` and /dev, and every new process.
-    Writes inside scratch are allowed (the results file) and reported afterwards as the
-    student's (grade_topic)."""
-    root = os.path.realpath(scratch)
-    allowed = (root + os.sep, "/dev/")
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-
-    def hook(event, args):
-        if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
-            _, mode, flags = args
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & write_flags)
-            path = os.path.realpath(os.fsdecode(args[0]))
-            if writing and path != root and not path.startswith(allowed):  # the folder itself: O_TMPFILE
-                raise PermissionError(f"grading forbids writing files: {os.fsdecode(args[0])}")
-        elif event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork"):
-            raise PermissionError("grading forbids starting processes")
-
-    sys.addaudithook(hook)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -447,6 +418,7 @@ def grade_class(submissions: Path, out: Path, topics: list[course.Topic], *, job
     todo = [sid for sid in students if force or not already_graded(results_dir / f"{sid}.json", names)]
     print(f"{len(students)} submissions, {len(students) - len(todo)} already graded, {len(todo)} to grade with {jobs} jobs", file=sys.stderr)
     if todo:
+        zygote.start()  # one warm zygote for the class: each executor is a fork of it
         max_scores = reference_max_scores(topics, limits, hidden)
         progress = Progress(len(todo))
 

@@ -37,7 +37,7 @@ def grade(topic: str, namespace: dict, device: str = "cpu") -> dict[str, dict]:
     """Every check of `topic` on the notebook's definitions: check name -> result."""
     import pytest
 
-    from kata.cli import grader_args
+    from kata.engine import grader_args
     from kata.plugin import InMemoryImplementation
 
     key = _fingerprint(topic, namespace)

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,9 @@ import torch
 
 from kata import checks, course
 from kata.files import write_atomically
-from kata.loader import LoadError, MissingTopicFile, load_module, resolve_impl, short_traceback
+from kata.executor import Server
+from kata.judge import Executor, ExecutorDied, LearnerError
+from kata.loader import LoadError, MissingTopicFile, resolve_impl
 
 VERDICT_LABELS = {
     "passed": "PASS",
@@ -52,11 +55,66 @@ def pytest_configure(config):
         config.pluginmanager.register(VerdictReporter(config, token), "kata-verdicts")
 
 
-class Implementation:
-    """A folder shaped like exercises/, whose topic modules are loaded by path, once each."""
+class Executors:
+    """The executor processes of one grading session, one per topic, shared by the learner's
+    implementation and the reference (which speed checks time beside it)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, config):
+        self.config = config
+        self.by_topic: dict[str, Executor] = {}
+
+    def device(self) -> str:
+        try:
+            return str(checks.pick_device(self.config.getoption("--device")))
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    def get(self, topic: str) -> Executor:
+        if topic not in self.by_topic:
+            self.by_topic[topic] = self._make(course.get(topic))
+        return self.by_topic[topic]
+
+    def _make(self, topic: course.Topic) -> Executor:
+        grader = None
+        for name, module in list(sys.modules.items()):
+            if Path(getattr(module, "__file__", None) or "/").resolve() == topic.grader.resolve():
+                grader = (name, str(topic.grader))
+                break
+        if self.config.getoption("--impl") == "in-memory":
+            server = Server()
+            server.learner_files = InMemoryImplementation.files()
+            return Executor(forbidden=topic.forbidden, device=self.device(), grader=None, local=server)
+        return Executor(forbidden=topic.forbidden, device=self.device(), grader=grader, launcher=_launcher(self.config))
+
+    def seed(self, value: int) -> None:
+        for ex in self.by_topic.values():
+            ex.seed(value)
+
+    def close(self) -> None:
+        for ex in self.by_topic.values():
+            ex.close()
+
+
+def _launcher(config):
+    """How this session starts executors: forked from the zygote (or spawned where fork is
+    unavailable), confined as the environment asks (kata.grade sets it for submissions)."""
+    from kata import judge, sandbox, zygote
+
+    options = sandbox.options_from_env()
+    if os.environ.get("KATA_EXECUTOR") == "spawn" or not hasattr(os, "fork"):
+        return lambda: judge.spawn_executor(options)
+    return zygote.launcher(options)
+
+
+class Implementation:
+    """A folder shaped like exercises/, whose topic modules are loaded by path, once each,
+    in the topic's executor: this process gets a Remote of the module, never the module."""
+
+    learner = True
+
+    def __init__(self, root: Path, executors: Executors):
         self.root = root
+        self.executors = executors
         self._loaded: dict[str, object] = {}
 
     def path(self, topic: str) -> Path:
@@ -65,32 +123,39 @@ class Implementation:
     def load(self, topic: str):
         if topic not in self._loaded:
             path = self.path(topic)
-            if not path.is_file():
-                self._loaded[topic] = MissingTopicFile(f"no {topic}/{topic}.py in {self.root}")
-            else:
-                try:
-                    self._loaded[topic] = load_module(path)
-                except LoadError as exc:
-                    self._loaded[topic] = exc
+            missing = f"no {topic}/{topic}.py in {self.root}"
+            try:
+                if not path.is_file():
+                    raise MissingTopicFile(missing)
+                self._loaded[topic] = self.executors.get(topic).load(path, learner=self.learner, missing=missing)
+            except (LoadError, MissingTopicFile) as exc:
+                self._loaded[topic] = exc
+            except ExecutorDied as exc:
+                self._loaded[topic] = LoadError(f"{path} could not be loaded: {exc}")
         found = self._loaded[topic]
         if isinstance(found, Exception):
             raise found
         return found
 
 
+class ReferenceImplementation(Implementation):
+    learner = False
+
+
 class InMemoryImplementation(Implementation):
     """Topic modules built in this process (a notebook's functions, see kata.notebook),
-    graded with --impl=in-memory."""
+    graded with --impl=in-memory. The notebook's kernel is where they live, so here the
+    executor is this process too: an nbgrader course grades inside the student's kernel."""
 
     modules: dict[str, object] = {}
 
-    def __init__(self):
-        super().__init__(Path("<in-memory>"))
+    def __init__(self, executors: Executors):
+        super().__init__(Path("<in-memory>"), executors)
 
     def load(self, topic: str):
         if topic not in self.modules:
             raise MissingTopicFile(f"no {topic} functions were handed to the grader")
-        return self.modules[topic]
+        return self.executors.get(topic).adopt(self.modules[topic])
 
     @classmethod
     def files(cls) -> set[Path]:
@@ -106,16 +171,40 @@ class InMemoryImplementation(Implementation):
 
 
 @pytest.fixture(scope="session")
-def impl(request) -> Implementation:
-    if request.config.getoption("--impl") == "in-memory":
-        return InMemoryImplementation()
-    return Implementation(resolve_impl(request.config.getoption("--impl")))
+def executors(request) -> Executors:
+    found = Executors(request.config)
+    request.config.kata_executors = found
+    request.addfinalizer(found.close)
+    return found
 
 
 @pytest.fixture(scope="session")
-def reference() -> Implementation:
-    """The reference solutions, for speed ratios."""
-    return Implementation(course.SOLUTIONS)
+def impl(request, executors) -> Implementation:
+    if request.config.getoption("--impl") == "in-memory":
+        return InMemoryImplementation(executors)
+    return Implementation(resolve_impl(request.config.getoption("--impl")), executors)
+
+
+@pytest.fixture(scope="session")
+def reference(request, executors) -> Implementation:
+    """The reference solutions, for speed ratios, in the same executor as the learner's code."""
+    if request.config.getoption("--impl") == "in-memory":
+        return InMemoryReference(executors)
+    return ReferenceImplementation(course.SOLUTIONS, executors)
+
+
+class InMemoryReference(ReferenceImplementation):
+    """In a notebook's kernel, the reference solution is loaded there too."""
+
+    def __init__(self, executors: Executors):
+        super().__init__(course.SOLUTIONS, executors)
+
+    def load(self, topic: str):
+        if topic not in self._loaded:
+            from kata.loader import load_module
+
+            self._loaded[topic] = self.executors.get(topic).adopt(load_module(self.path(topic)))
+        return self._loaded[topic]
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +232,9 @@ CHECK_SEED = 0
 def pytest_runtest_call(item):
     random.seed(CHECK_SEED)
     torch.manual_seed(CHECK_SEED)
+    executors = getattr(item.config, "kata_executors", None)
+    if executors is not None:
+        executors.seed(CHECK_SEED)
 
 
 # ---------------------------------------------------------------- verdicts
@@ -158,22 +250,6 @@ class Result:
     properties: dict
 
 
-def _learner_files(config) -> set[Path]:
-    """The files of the implementation being graded: a frame in one of them is the learner's."""
-    if config.getoption("--impl") == "in-memory":
-        return InMemoryImplementation.files()
-    return {p.resolve() for p in resolve_impl(config.getoption("--impl")).glob("*/*.py")}
-
-
-def _in_files(exc: BaseException, files: set[Path]) -> bool:
-    tb = exc.__traceback__
-    last = None
-    while tb is not None:
-        last = tb
-        tb = tb.tb_next
-    return last is not None and Path(last.tb_frame.f_code.co_filename).resolve() in files
-
-
 def _chain(exc: BaseException):
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -182,7 +258,7 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def classify(excinfo, learner_files: set[Path]) -> tuple[str, str]:
+def classify(excinfo) -> tuple[str, str]:
     """(verdict, message) for a check that raised."""
     exc = excinfo.value
     if excinfo.errisinstance(pytest.skip.Exception):
@@ -192,7 +268,7 @@ def classify(excinfo, learner_files: set[Path]) -> tuple[str, str]:
         limit = re.search(r">([\d.]+)s", str(exc))
         return "timed out", f"no result within the per-check limit of {float(limit[1]):g}s" if limit else str(exc)
     for e in _chain(exc):
-        if isinstance(e, NotImplementedError) and _in_files(e, learner_files):
+        if isinstance(e, LearnerError) and isinstance(e, NotImplementedError) and e.from_learner:
             return "not started", f"{e or 'a function'} raises NotImplementedError"
     for e in _chain(exc):
         if isinstance(e, MissingTopicFile):
@@ -205,7 +281,12 @@ def classify(excinfo, learner_files: set[Path]) -> tuple[str, str]:
         return "too slow", str(exc)
     if isinstance(exc, AssertionError):
         return "wrong", str(exc) or "an assertion failed"
-    return "crashed", f"your code raised an error:\n{short_traceback(exc, learner_files)}"
+    for e in _chain(exc):
+        if isinstance(e, LearnerError):
+            return "crashed", f"your code raised an error:\n{e.learner_traceback}"
+        if isinstance(e, ExecutorDied):
+            return "crashed", str(e)
+    return "crashed", f"the grader raised an error:\n  {type(exc).__name__}: {exc}"
 
 
 def _grading(config) -> bool:
@@ -222,7 +303,7 @@ def pytest_runtest_makereport(item, call):
     if call.excinfo is None:
         verdict, message = "passed", ""
     else:
-        verdict, message = classify(call.excinfo, _learner_files(item.config))
+        verdict, message = classify(call.excinfo)
     marker = item.get_closest_marker("points")
     report.kata = Result(
         nodeid=item.nodeid,

@@ -6,3 +6,8 @@ pytest_plugins = ["pytester"]
 # time registers its torch operators twice, which torch refuses. Imported here, up
 # front, it is kept across runs.
 import torch._dynamo  # noqa: E402, F401
+
+# The executor machinery too: its zygote (a warm process forking one executor per grading)
+# belongs to this module's client, which must outlive each nested run.
+import kata.judge  # noqa: E402, F401
+import kata.zygote  # noqa: E402, F401

@@ -53,7 +53,7 @@ def grade_in_process(pytester, topic: str, impl: Path, only: list[str] = ()) -> 
     ~2 s start-up of a fresh interpreter and torch import per graded file. Used for
     mutants and variants, which test the grader's logic; the learner's own path, a
     fresh `python -m kata check`, is exercised by the solution, stub and CLI tests."""
-    from kata.cli import grader_args
+    from kata.engine import grader_args
 
     out = pytester.path / "results.json"
     args = grader_args(course.get(topic), str(impl), DEVICE, f"--kata-json={out}", "-p", "no:xdist", only=only)

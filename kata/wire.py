@@ -1,0 +1,263 @@
+"""What crosses between the judge and an executor, and how.
+
+Frames are a length (8 bytes, big-endian) and a payload, over a Unix socket.
+
+- Judge -> executor: requests, pickled. The executor is the untrusted side, and the judge
+  is trusted, so unpickling there is safe. Tensors and torch generators are pickled out of
+  band, by index, so the reply can say which of them the call changed (a running
+  statistic updated in place, a generator advanced, a gradient filled in); handles to
+  executor objects travel as their ids.
+- Executor -> judge: replies, in torch's weights-only format (torch.load(weights_only=True)
+  builds tensors, numbers, strings, containers, dtypes and devices, nothing else), then
+  decoded by `decode` below, which accepts only the tagged shapes `encode` makes. Nothing
+  a submission returns is ever unpickled as an arbitrary object, and a reply over
+  MAX_REPLY bytes is refused before it is read.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import socket
+import struct
+import types
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+HEADER = struct.Struct(">Q")
+MAX_REPLY = 1 << 30  # 1 GiB: a reply larger than this is the submission's error
+MAX_DEPTH = 64  # nesting of containers in a reply
+PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
+
+
+class ProtocolError(Exception):
+    """A frame or reply that does not follow the protocol (malformed, oversized, cut off)."""
+
+
+class StaleHandle(Exception):
+    """A handle to an object of an executor that has since ended."""
+
+
+# ---------------------------------------------------------------- frames
+
+
+def send(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(HEADER.pack(len(payload)) + payload)
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks, left = [], n
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise EOFError("the other process closed the connection")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv(sock: socket.socket, limit: int = MAX_REPLY) -> bytes:
+    (size,) = HEADER.unpack(_read_exactly(sock, HEADER.size))
+    if size > limit:
+        raise ProtocolError(f"a reply of {size:,} bytes, over the limit of {limit:,}")
+    return _read_exactly(sock, size)
+
+
+# ---------------------------------------------------------------- judge -> executor
+
+
+class Handle:
+    """The judge's reference to an object that lives in the executor (kata.judge.Remote
+    holds one); pickled as its id."""
+
+    def __init__(self, hid: int):
+        self.hid = hid
+
+
+class _RequestPickler(pickle.Pickler):
+    def __init__(self, file, tensors: list, generators: list):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.tensors, self.generators = tensors, generators
+        self._seen: dict[int, int] = {}
+
+    def persistent_id(self, obj):
+        handle = getattr(obj, "_kata_handle", None)
+        if isinstance(handle, Handle):
+            if handle.hid is None:
+                raise StaleHandle("this object was made by an executor that has since ended; make it again")
+            return ("h", handle.hid)
+        if isinstance(obj, Tensor):
+            if id(obj) not in self._seen:
+                self._seen[id(obj)] = len(self.tensors)
+                self.tensors.append(obj)
+            return ("t", self._seen[id(obj)])
+        if isinstance(obj, torch.Generator):
+            self.generators.append(obj)
+            return ("g", len(self.generators) - 1)
+        return None
+
+
+def dumps_request(request: dict) -> tuple[bytes, list[Tensor], list[torch.Generator]]:
+    """The request's bytes, and the tensors and generators it carries, in index order."""
+    tensors: list[Tensor] = []
+    generators: list[torch.Generator] = []
+    body = io.BytesIO()
+    _RequestPickler(body, tensors, generators).dump(request)
+    side = io.BytesIO()
+    # Tensors by torch's own reduction (a Parameter stays one); .grad is not pickled with
+    # them, so it travels beside. Generators as (device, state).
+    pickle.dump(
+        (
+            [
+                (t if isinstance(t, torch.nn.Parameter) else t.detach(), t.requires_grad, t.grad if t.is_leaf else None)
+                for t in tensors
+            ],
+            [(str(g.device), g.get_state()) for g in generators],
+        ),
+        side,
+        protocol=pickle.HIGHEST_PROTOCOL,
+    )
+    side_bytes = side.getvalue()
+    return HEADER.pack(len(side_bytes)) + side_bytes + body.getvalue(), tensors, generators
+
+
+class _RequestUnpickler(pickle.Unpickler):
+    def __init__(self, file, tensors, generators, resolve: Callable[[int], object]):
+        super().__init__(file)
+        self.tensors, self.generators, self.resolve = tensors, generators, resolve
+
+    def persistent_load(self, pid):
+        kind, index = pid
+        if kind == "h":
+            return self.resolve(index)
+        if kind == "t":
+            return self.tensors[index]
+        if kind == "g":
+            return self.generators[index]
+        raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+
+
+def loads_request(data: bytes, resolve: Callable[[int], object]) -> tuple[dict, list[Tensor], list[torch.Generator]]:
+    (size,) = HEADER.unpack(data[: HEADER.size])
+    side = data[HEADER.size : HEADER.size + size]
+    raw_tensors, raw_generators = pickle.loads(side)
+    tensors = []
+    for t, requires_grad, grad in raw_tensors:
+        if not isinstance(t, torch.nn.Parameter) and requires_grad:
+            t = t.requires_grad_()
+        if grad is not None:
+            t.grad = grad
+        tensors.append(t)
+    generators = []
+    for device, state in raw_generators:
+        g = torch.Generator(device=device)
+        g.set_state(state)
+        generators.append(g)
+    request = _RequestUnpickler(io.BytesIO(data[HEADER.size + size :]), tensors, generators, resolve).load()
+    return request, tensors, generators
+
+
+# ---------------------------------------------------------------- executor -> judge
+
+
+def encode(obj, handle_of: Callable[[object], dict], depth: int = 0):
+    """obj as a tree of tagged plain data and tensors. Objects that are not values (modules,
+    caches, functions) become handles made by `handle_of`."""
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"a value nested more than {MAX_DEPTH} levels deep")
+    if isinstance(obj, Tensor):
+        return encode_tensor(obj, handle_of(obj)["id"])
+    if isinstance(obj, PLAIN):
+        return obj
+    if isinstance(obj, (tuple, list, types.GeneratorType, type({}.keys()), type({}.values()), type({}.items()))):
+        kind = "tuple" if isinstance(obj, tuple) else "list"
+        return {"k": kind, "v": [encode(x, handle_of, depth + 1) for x in obj]}
+    if isinstance(obj, dict):
+        return {"k": "dict", "v": [[encode(k, handle_of, depth + 1), encode(v, handle_of, depth + 1)] for k, v in obj.items()]}
+    return handle_of(obj)
+
+
+def encode_tensor(t: Tensor, ref: int | None = None) -> dict:
+    data = t.detach()
+    try:
+        storage = t.untyped_storage()
+        storage_ptr, nbytes = storage.data_ptr(), storage.nbytes()
+    except (RuntimeError, NotImplementedError):
+        storage_ptr, nbytes = -1, 0
+    # torch.save writes a view's whole storage: copy out a small view of a large one.
+    if not t.is_meta and nbytes > 2 * t.numel() * t.element_size() + 64:
+        data = data.clone()
+    return {
+        "k": "tensor",
+        "data": data,
+        "grad": t.grad.detach() if t.grad is not None else None,
+        "requires_grad": t.requires_grad,
+        "parameter": isinstance(t, torch.nn.Parameter),
+        # Where it lived in the executor: storage identity is a work check's evidence.
+        "storage": storage_ptr,
+        "nbytes": nbytes,
+        "base": id(t._base) if t._base is not None else None,
+        "ref": ref,  # the executor keeps it: the judge may hand it back to a trusted helper
+    }
+
+
+def dumps_reply(tree) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(tree, buffer)
+    return buffer.getvalue()
+
+
+def loads_reply(data: bytes):
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the submission's malformed reply
+        raise ProtocolError(f"an unreadable reply ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def decode(tree, make_handle: Callable[[dict], object], depth: int = 0, on_tensor: Callable | None = None):
+    """The judge's values from an `encode` tree; anything else is a ProtocolError."""
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"a reply nested more than {MAX_DEPTH} levels deep")
+    if isinstance(tree, PLAIN):
+        return tree
+    if isinstance(tree, dict):
+        kind = tree.get("k")
+        if kind in ("tuple", "list") and isinstance(tree.get("v"), list):
+            items = [decode(x, make_handle, depth + 1, on_tensor) for x in tree["v"]]
+            return tuple(items) if kind == "tuple" else items
+        if kind == "dict" and isinstance(tree.get("v"), list):
+            out = {}
+            for pair in tree["v"]:
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    raise ProtocolError("a malformed dict in a reply")
+                key = decode(pair[0], make_handle, depth + 1, on_tensor)
+                try:
+                    out[key] = decode(pair[1], make_handle, depth + 1, on_tensor)
+                except TypeError:
+                    raise ProtocolError("an unhashable dict key in a reply") from None
+            return out
+        if kind == "tensor" and isinstance(tree.get("data"), Tensor):
+            t = decode_tensor(tree)
+            if on_tensor is not None and isinstance(tree.get("ref"), int):
+                on_tensor(t, tree["ref"])
+            return t
+        if kind == "handle" and isinstance(tree.get("id"), int):
+            return make_handle(tree)
+    raise ProtocolError(f"an unexpected {type(tree).__name__} in a reply")
+
+
+def decode_tensor(tree: dict) -> Tensor:
+    t = tree["data"]
+    if tree.get("parameter") is True:
+        t = torch.nn.Parameter(t, requires_grad=bool(tree.get("requires_grad")))
+    elif tree.get("requires_grad") is True and (t.is_floating_point() or t.is_complex()):
+        t = t.requires_grad_()
+    grad = tree.get("grad")
+    if isinstance(grad, Tensor) and grad.shape == t.shape:
+        t.grad = grad
+    info = {k: tree.get(k) for k in ("storage", "nbytes", "base")}
+    if all(v is None or isinstance(v, int) for v in info.values()):
+        t.kata_storage = info
+    return t
