@@ -26,6 +26,9 @@ def fail(message: str) -> int:
 
 
 def cmd_check(args) -> int:
+    from kata import zygote
+
+    zygote.start()  # it imports torch for the executor while this process imports pytest and torch
     import pytest
 
     from kata.checks import pick_device
@@ -200,6 +203,13 @@ def cmd_topics(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["judge"]:
+        # Internal: the judge of one grading (kata.grade forks it from the zygote), pytest's
+        # arguments as they are.
+        import pytest
+
+        return int(pytest.main(argv[1:]))
     parser = argparse.ArgumentParser(prog="kata", description="Auto-graded PyTorch katas.")
     sub = parser.add_subparsers(dest="command", required=True)
 

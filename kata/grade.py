@@ -166,7 +166,7 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
     for folder in (work, tmp, judge):
         folder.mkdir(parents=True)
     out = judge / f"results-{secrets.token_hex(4)}.json"
-    args = grader_args(topic, str(impl), limits.device, f"--kata-json={out}", "-q", "-p", "kata.plugin", timeout=limits.check_timeout)
+    args = grader_args(topic, str(impl), limits.device, f"--kata-json={out}", "-q", timeout=limits.check_timeout)
     args[1:1] = _hidden_graders(hidden, topic.name)
     confinement = {
         "cwd": str(work),
@@ -176,7 +176,6 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
         "memory_mb": limits.memory_mb if limits.device == "cpu" else None,
     }
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(judge),
         "TMPDIR": str(judge),
         TOKEN_ENV: token,
@@ -184,22 +183,15 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
         "MKL_NUM_THREADS": str(limits.threads),
         sandbox.OPTIONS_ENV: json.dumps(confinement),
     }
-    if zygote.address():
-        env[zygote.ADDRESS_ENV] = zygote.address()  # the class's warm zygote forks every executor
-    # -I: no PYTHON* variables, user site or current folder on sys.path; -B: no .pyc files written.
-    # The engine is put first on sys.path, so the graders run with this very copy of the suite.
-    boot = f"import sys; sys.path.insert(0, {str(course.ROOT)!r}); import pytest; raise SystemExit(pytest.main(sys.argv[1:]))"
-    cmd = [sys.executable, "-I", "-B", "-c", boot, *args]
-    proc = subprocess.Popen(
-        cmd, cwd=judge, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    log = judge / "judge.log"
+    child = start_judge(args, env=env, cwd=judge, log=log)
     try:
-        output, _ = proc.communicate(timeout=max(budget, 1.0))
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        return TopicResult(topic.name, "timeout", message=f"grading did not finish within the per-student limit ({limits.student_timeout:g} s)")
+        status = child.wait(max(budget, 1.0))
+        if status is None:
+            return TopicResult(topic.name, "timeout", message=f"grading did not finish within the per-student limit ({limits.student_timeout:g} s)")
     finally:
-        _kill_group(proc)  # the judge; its executor ends with its connection to the zygote
+        child.kill()  # the judge; its executor ends with its connection to the zygote
+    output = log.read_bytes() if log.exists() else b""
     tail = output.decode(errors="replace").strip().splitlines()[-3:]
     written = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
     if written:
@@ -210,10 +202,39 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
             raise ValueError("the results file was not written by the grader")
     except (OSError, ValueError) as exc:
         out.unlink(missing_ok=True)
-        how = f"exit code {proc.returncode}" if proc.returncode >= 0 else f"killed by {signal.Signals(-proc.returncode).name}"
+        how = f"exit code {status}" if status >= 0 else f"killed by {signal.Signals(-status).name}"
         return TopicResult(topic.name, "error", message=f"the grading process ended without a valid result ({how}; {exc}; {' / '.join(tail)})")
     out.unlink()
     return summarise(topic.name, data["checks"])
+
+
+class _Spawned:
+    """A judge started as a fresh interpreter, where the zygote cannot fork one."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        _kill_group(self.proc)
+
+
+def start_judge(pytest_args: list[str], *, env: dict, cwd: Path, log: Path):
+    """The judge of one grading, forked from the class's warm zygote (milliseconds), or where
+    fork is unavailable a fresh interpreter (seconds): same verdicts either way."""
+    with log.open("wb") as out:
+        if zygote.available():
+            return zygote.fork_judge(["judge", *pytest_args], output_fd=out.fileno(), env=env, cwd=str(cwd))
+        # -I: no PYTHON* variables, user site or current folder on sys.path; -B: no .pyc files.
+        boot = f"import sys; sys.path.insert(0, {str(course.ROOT)!r}); from kata import cli; raise SystemExit(cli.main(sys.argv[1:]))"
+        cmd = [sys.executable, "-I", "-B", "-c", boot, "judge", *pytest_args]
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        return _Spawned(subprocess.Popen(cmd, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -257,6 +257,9 @@ def sync_notebook(topic: course.Topic) -> str | None:
 
 def watch(topic: course.Topic, *, device: str, poll: bool | None = None, runs: int | None = None, clear: bool = True) -> int:
     """Grade now and again after every save of the learner's file, until Ctrl-C (or `runs` gradings)."""
+    from kata import zygote
+
+    zygote.start()  # warm before the first save
     mine = topic.file_in(course.EXERCISES)
     if poll is None:
         poll = _events_unreliable(mine)
@@ -267,7 +270,7 @@ def watch(topic: course.Topic, *, device: str, poll: bool | None = None, runs: i
         if clear and sys.stdout.isatty():
             print("\033[2J\033[H", end="")
         print(f"[{time.strftime('%H:%M:%S')}] grading {mine.relative_to(course.ROOT)} (Ctrl-C stops watching)", flush=True)
-        subprocess.run([sys.executable, "-m", "kata", "check", topic.name, "--device", device], cwd=course.ROOT)
+        run_check(["check", topic.name, "--device", device])
         print(f"\nwatching {mine.relative_to(course.ROOT)} for saves ({'polling' if poll else 'file events'})...", flush=True)
         done += 1
 
@@ -282,6 +285,23 @@ def watch(topic: course.Topic, *, device: str, poll: bool | None = None, runs: i
     except KeyboardInterrupt:
         print("\nstopped watching")
     return 0
+
+
+def run_check(argv: list[str]) -> None:
+    """`kata check ...` in a judge forked from the warm zygote (torch, pytest and the graders
+    already imported: the verdict comes sooner than a bare `import torch`), or in a fresh
+    interpreter where fork is unavailable."""
+    from kata import zygote
+
+    if not zygote.available():
+        subprocess.run([sys.executable, "-m", "kata", *argv], cwd=course.ROOT)
+        return
+    sys.stdout.flush()
+    child = zygote.fork_judge(argv, output_fd=sys.stdout.fileno(), cwd=str(course.ROOT))
+    try:
+        child.wait()
+    finally:
+        child.kill()
 
 
 def _events_unreliable(path: Path) -> bool:

@@ -77,7 +77,8 @@ class Executors:
     def _make(self, topic: course.Topic) -> Executor:
         grader = None
         for name, module in list(sys.modules.items()):
-            if Path(getattr(module, "__file__", None) or "/").resolve() == topic.grader.resolve():
+            file = getattr(module, "__file__", None)
+            if file and file.endswith(topic.grader.name) and Path(file).resolve() == topic.grader.resolve():
                 grader = (name, str(topic.grader))
                 break
         if self.config.getoption("--impl") == "in-memory":

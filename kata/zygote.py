@@ -1,15 +1,20 @@
-"""The zygote: a warm process that has imported torch and the harness, computed nothing,
-and forks a fresh executor for each grading (as PrairieLearn's zygote does).
+"""The zygote: a warm process that has imported torch, pytest, the harness and the graders,
+computed nothing, and forks a fresh process for each grading (as PrairieLearn's zygote does).
 
-Importing torch takes about 1.5 s; a fork of a process that has done it takes
-milliseconds. The zygote never runs a tensor op: torch's OpenMP pool and CUDA are not
-fork-safe, so they are first touched in the forked children.
+Importing torch and pytest takes about 2 s; a fork of a process that has done it takes
+milliseconds. Two kinds of child are forked:
 
-A client (any judge process, kata.judge) connects to the zygote's Unix socket and sends
-`fork` with its end of a fresh socket pair attached (SCM_RIGHTS); the zygote forks, the
-child serves the executor protocol on that socket (kata.executor.serve), and the parent
-answers with the child's pid. `wait PID SECONDS` reaps a child and answers its status.
-The zygote ends when the process that started it does (its stdin closes).
+- an executor (`fork`): the process that runs learner code, serving kata.executor's
+  protocol on a socket the client passes along (SCM_RIGHTS), confined by kata.sandbox;
+- a judge (`judge`): `kata <verb> ...` run as if from the command line (a `check` for
+  `make watch`, a grading for `make grade`), its output on a file descriptor the client
+  passes along. A judge asks this same zygote for its executor.
+
+The zygote never runs a tensor op: torch's OpenMP pool and CUDA are not fork-safe, so they
+are first touched in the children. It stays single-threaded for the same reason (a fork
+copies only the forking thread), answers every request at once (waits are polled by the
+client), kills the children of a client whose connection closes, and ends when the
+process that started it does (its stdin closes).
 """
 
 from __future__ import annotations
@@ -26,20 +31,26 @@ import threading
 import time
 from pathlib import Path
 
+ADDRESS_ENV = "KATA_ZYGOTE"
+
 # ---------------------------------------------------------------- the zygote process
 
 
 def _preload() -> None:
-    """Import what every executor needs, computing nothing: torch, the harness, and the
+    """Import what every child needs, computing nothing: torch, pytest, the engine and the
     public graders (an executor imports its topic's grader for the helpers checks send it)."""
     import importlib.util
 
     import pytest  # noqa: F401
     import torch  # noqa: F401  (the point: imported once, here)
+    import torch._dynamo  # noqa: F401  (imported by the first meta-device op: 0.9 s, once, here)
+    import torch._meta_registrations  # noqa: F401
     import torch.utils.flop_counter  # noqa: F401
 
+    import kata.cli  # noqa: F401
     import kata.executor  # noqa: F401
     import kata.harness  # noqa: F401
+    import kata.plugin  # noqa: F401
     from kata import course
 
     for topic in course.topics():
@@ -50,12 +61,11 @@ def _preload() -> None:
             sys.modules[name] = module
             try:
                 spec.loader.exec_module(module)
-            except Exception:  # noqa: BLE001 - a broken grader is loaded (and reported) by its executor
+            except Exception:  # noqa: BLE001 - a broken grader is loaded (and reported) where it is used
                 del sys.modules[name]
 
 
-def _child(conn_fd: int, closing: list, options: dict) -> None:
-    """In the forked child: become the executor."""
+def _become_child(closing: list) -> None:
     for obj in closing:
         try:
             obj.close()
@@ -64,6 +74,9 @@ def _child(conn_fd: int, closing: list, options: dict) -> None:
     os.setsid()  # its own process group: ending it ends whatever it started
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _executor_child(conn_fd: int, options: dict) -> None:
     from kata import executor, sandbox
 
     code = 0
@@ -76,19 +89,46 @@ def _child(conn_fd: int, closing: list, options: dict) -> None:
     os._exit(code)
 
 
-def _status(pid: int, wait_s: float) -> int | None:
-    """A child's exit status as subprocess reports it (negative: the signal), or None."""
-    deadline = time.monotonic() + wait_s
-    while True:
+def _judge_child(out_fd: int | None, options: dict, address: str) -> None:
+    code = 70
+    try:
+        if out_fd is None:
+            out_fd = os.open(os.devnull, os.O_WRONLY)  # the zygote's own stdout is no one's to write to
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        os.close(out_fd)
+        os.environ.update(options.get("env") or {})
+        os.environ[ADDRESS_ENV] = address  # its executor is forked here too
+        if options.get("cwd"):
+            os.chdir(options["cwd"])
+        sys.argv = ["kata", *options["argv"]]
+        from kata import cli
+
+        code = cli.main(options["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+    finally:
         try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if done:
-            return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.005)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os._exit(code)
+
+
+def _reap(pid: int) -> int | None:
+    """A child's exit status as subprocess reports it (negative: the signal), or None if running."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if not done:
+        return None
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
 def serve(path: str) -> None:
@@ -100,12 +140,23 @@ def serve(path: str) -> None:
     sel.register(listener, selectors.EVENT_READ, "listen")
     sel.register(sys.stdin, selectors.EVENT_READ, "stdin")
     connections: list[socket.socket] = []
-    owned: dict[socket.socket, set[int]] = {}  # a client's executors, ended when it disconnects
-    print("ready", flush=True)
+    owned: dict[socket.socket, set[int]] = {}  # a client's children, ended when it disconnects
+    statuses: dict[int, int] = {}  # reaped children whose status no one has asked for yet
+    doomed: set[int] = set()  # killed children still to reap
+    try:
+        print("ready", flush=True)
+    except BrokenPipeError:
+        return  # the process that started us has already ended
     while True:
-        for key, _ in sel.select():
+        for pid in list(doomed):
+            if _reap(pid) is not None:
+                doomed.discard(pid)
+        for key, _ in sel.select(timeout=1.0):
             if key.data == "stdin":
                 if not os.read(sys.stdin.fileno(), 4096):
+                    for pids in owned.values():
+                        for pid in pids:
+                            _kill(pid)
                     return  # the process that started us has ended
                 continue
             if key.data == "listen":
@@ -116,36 +167,39 @@ def serve(path: str) -> None:
                 continue
             conn = key.fileobj
             try:
-                message, fds, _, _ = socket.recv_fds(conn, 65536, 1)
+                message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 2)
             except OSError:
                 message, fds = b"", []
             if not message:
-                # The judge is gone (finished, killed at a time limit): whatever it left
+                # The client is gone (finished, killed at a time limit): whatever it left
                 # running, a submission stuck in a loop included, goes with it.
                 sel.unregister(conn)
                 connections.remove(conn)
                 conn.close()
                 for pid in owned.pop(conn, ()):
-                    try:
-                        os.killpg(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-                    _status(pid, 5.0)
+                    _kill(pid)
+                    doomed.add(pid)
                 continue
-            words = message.split(b" ", 1)
-            if words[0] == b"fork" and fds:
-                options = json.loads(words[1]) if len(words) > 1 else {}
+            verb, _, rest = message.partition(b" ")
+            if verb in (b"fork", b"judge"):
+                options = json.loads(rest or b"{}")
                 pid = os.fork()
                 if pid == 0:
-                    _child(fds[0], [listener, sys.stdin, *connections], options)
-                os.close(fds[0])
+                    _become_child([listener, sys.stdin, *connections])
+                    if verb == b"fork":
+                        _executor_child(fds[0], options)
+                    _judge_child(fds[0] if fds else None, options, path)
+                for fd in fds:
+                    os.close(fd)
                 owned[conn].add(pid)
                 conn.sendall(f"{pid}\n".encode())
-            elif words[0] == b"wait":
-                pid_s, wait_s = words[1].split()
-                status = _status(int(pid_s), float(wait_s))
+            elif verb == b"wait":
+                pid = int(rest)
+                status = statuses.pop(pid, None)
+                if status is None:
+                    status = _reap(pid)
                 if status is not None:
-                    owned[conn].discard(int(pid_s))
+                    owned[conn].discard(pid)
                 conn.sendall(f"{'none' if status is None else status}\n".encode())
             else:
                 for fd in fds:
@@ -153,30 +207,64 @@ def serve(path: str) -> None:
                 conn.sendall(b"error\n")
 
 
+def _kill(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 # ---------------------------------------------------------------- the client
 
 
+class Child:
+    """A process the zygote forked for us: wait for it, end it."""
+
+    def __init__(self, client: Client, pid: int):
+        self.client, self.pid = client, pid
+        self._status: int | None = None
+        self._reaped = False
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit status (negative: the signal), or None if it is still running after `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.002
+        while not self._reaped:
+            answer = self.client.ask(f"wait {self.pid}".encode())
+            if answer != "none":
+                self._status, self._reaped = int(answer), True
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return self._status
+
+    def kill(self) -> None:
+        if not self._reaped:
+            _kill(self.pid)
+            self.wait(5.0)
+
+
 class Client:
-    """One process's connection to its zygote, started on first use."""
+    """This process's connection to its zygote, started on first use (or inherited: a
+    process the zygote forked, or one whose parent set KATA_ZYGOTE, uses that one)."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._path: str | None = None
-        self._conns: dict[int, socket.socket] = {}  # pid of the judge process -> connection
         self._owner: int | None = None  # the process that started the zygote
+        self._conns: dict[tuple[int, int], socket.socket] = {}  # (pid, thread) -> connection
 
     def start(self) -> None:
-        """Start the zygote now (it imports torch in parallel with whatever we do next), or
-        use the one whose address a parent process handed down (a class grading's)."""
+        """Start the zygote now (it imports torch in parallel with whatever we do next)."""
         with self._lock:
-            if self._proc is None and os.environ.get(ADDRESS_ENV):
+            if os.environ.get(ADDRESS_ENV):
                 self._path = os.environ[ADDRESS_ENV]
                 return
-            if self._proc is None and self._path is not None:
-                return
             if self._proc is not None and (os.getpid() != self._owner or self._proc.poll() is None):
-                return  # running (a forked judge cannot poll its parent's child: it trusts it)
+                return  # running (a forked process cannot poll its parent's child: it trusts it)
             self._owner = os.getpid()
             folder = tempfile.mkdtemp(prefix="kata-zygote-")
             self._path = str(Path(folder) / "zygote.sock")
@@ -184,27 +272,30 @@ class Client:
                 [sys.executable, "-m", "kata.zygote", self._path],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                # The zygote must not take our terminal's Ctrl-C for itself.
+                stderr=subprocess.DEVNULL,
+                # Its own session: the zygote must not take our terminal's Ctrl-C for itself.
                 start_new_session=True,
             )
             self._conns.clear()
 
     def _conn(self) -> socket.socket:
         self.start()
-        conn = self._conns.get(os.getpid())
+        key = (os.getpid(), threading.get_ident())
+        conn = self._conns.get(key)
         if conn is None:
-            if self._proc is not None and self._proc.stdout is not None and os.getpid() == self._owner:
-                line = self._proc.stdout.readline()  # "ready" once torch is imported
-                self._proc.stdout.close()
-                self._proc.stdout = None
-                if line.strip() != b"ready":
-                    raise RuntimeError("the zygote did not start")
+            with self._lock:
+                if self._proc is not None and self._proc.stdout is not None and os.getpid() == self._owner:
+                    line = self._proc.stdout.readline()  # "ready" once everything is imported
+                    self._proc.stdout.close()
+                    self._proc.stdout = None
+                    if line.strip() != b"ready":
+                        raise RuntimeError("the zygote did not start")
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             conn.connect(self._path)
-            self._conns[os.getpid()] = conn
+            self._conns[key] = conn
         return conn
 
-    def _ask(self, message: bytes, fds: list[int] = ()) -> str:
+    def ask(self, message: bytes, fds: list[int] = ()) -> str:
         conn = self._conn()
         socket.send_fds(conn, [message], list(fds))
         answer = b""
@@ -215,42 +306,32 @@ class Client:
             answer += chunk
         return answer.decode().strip()
 
-    def fork(self, options: dict | None = None):
+    def fork_executor(self, options: dict | None = None):
         from kata.judge import Process
 
         judge_end, executor_end = socket.socketpair()
         try:
-            pid = int(self._ask(b"fork " + json.dumps(options or {}).encode(), [executor_end.fileno()]))
+            child = Child(self, int(self.ask(b"fork " + json.dumps(options or {}).encode(), [executor_end.fileno()])))
         finally:
             executor_end.close()
-        reaped: list[int | None] = []
+        return Process(judge_end, child.pid, lambda: child.wait(2.0), child.kill)
 
-        def wait_status(wait_s: float = 2.0):
-            if not reaped:
-                answer = self._ask(f"wait {pid} {wait_s}".encode())
-                if answer == "none":
-                    return None
-                reaped.append(int(answer))
-            return reaped[0]
-
-        def kill():
-            if reaped:
-                return
-            try:
-                os.killpg(pid, signal.SIGKILL)  # the executor and anything it started
-            except (ProcessLookupError, PermissionError):
-                pass
-            wait_status(5.0)
-
-        return Process(judge_end, pid, wait_status, kill)
+    def fork_judge(self, argv: list[str], *, output_fd: int | None = None, env: dict | None = None, cwd: str | None = None) -> Child:
+        """`kata ARGV...` in a fork of the zygote, writing to output_fd (the zygote's own
+        output, a null device, if None)."""
+        options = {"argv": list(argv), "env": env or {}, "cwd": cwd}
+        return Child(self, int(self.ask(b"judge " + json.dumps(options).encode(), [] if output_fd is None else [output_fd])))
 
 
-ADDRESS_ENV = "KATA_ZYGOTE"
 _client = Client()
 
 
+def available() -> bool:
+    return hasattr(os, "fork") and hasattr(socket, "send_fds")
+
+
 def start() -> None:
-    if hasattr(os, "fork"):
+    if available():
         _client.start()
 
 
@@ -260,7 +341,11 @@ def address() -> str | None:
 
 
 def launcher(options: dict | None = None):
-    return lambda: _client.fork(options)
+    return lambda: _client.fork_executor(options)
+
+
+def fork_judge(argv: list[str], **kwargs) -> Child:
+    return _client.fork_judge(argv, **kwargs)
 
 
 if __name__ == "__main__":
