@@ -122,6 +122,15 @@ def _grading_setup(args):
     limits = grade.Limits(
         check_timeout=args.timeout, student_timeout=args.student_timeout, memory_mb=args.memory_mb, device=device
     )
+    if getattr(args, "require_sandbox", None) is not None:
+        from kata import sandbox
+
+        missing = sandbox.probe()
+        if missing and args.require_sandbox:
+            return f"--require-sandbox: {missing}; not grading"
+        if missing:
+            print(f"kata: no kernel sandbox: {missing}; grading with the Python-level write guard and limits only", file=sys.stderr)
+        limits.sandbox = missing is None
     return topics, hidden, limits
 
 
@@ -233,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--timeout", type=float, default=None, help="per-check limit in seconds (default: course.toml's)")
         p.add_argument("--student-timeout", type=float, default=900.0, help="limit for all of one student's topics (default 900 s)")
         p.add_argument("--memory-mb", type=int, default=4096, help="address-space limit of each grading process on the CPU (default 4096)")
+        p.add_argument("--require-sandbox", action="store_true", default=False,
+                       help="refuse to grade where the kernel cannot confine the students' code (see kata/sandbox.py)")  # fmt: skip
 
     p = sub.add_parser("grade", help="grade a whole class of submissions into a gradebook (see kata/grade.py)")
     p.add_argument("submissions", help="folder with one entry per student: a folder shaped like exercises/, or a .zip of one")

@@ -57,6 +57,7 @@ class Limits:
     memory_mb: int = 4096  # address space of each grading process (CPU only, see _limit_memory)
     device: str = "cpu"
     threads: int = 1  # torch threads per grading process, so parallel students do not oversubscribe
+    sandbox: bool = False  # confine each executor with the kernel (kata.sandbox); set where probe() passes
 
 
 @dataclass
@@ -151,6 +152,24 @@ def _hidden_graders(hidden: Path | None, topic: str) -> list[str]:
     return [str(p) for p in sorted(hidden.glob(f"test_{topic}*.py"))]
 
 
+# What a confined executor may read: Python and its packages, the suite's own public code,
+# and what the system's libraries and torch look up (CPU topology, /proc/self). Not the
+# rest of the repository (a gradebook or hidden graders may be kept there), not /tmp.
+SYSTEM_READABLE = ["/usr", "/lib", "/lib64", "/etc", "/proc/self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat",
+                   "/proc/sys", "/proc/driver", "/sys/devices/system/cpu", "/sys/fs/cgroup", "/sys/bus/pci"]  # fmt: skip
+
+
+def readable(impl: Path) -> list[str]:
+    root = course.ROOT.resolve()
+    python = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    for entry in sys.path:
+        path = Path(entry or ".").resolve()
+        if path.exists() and path != root and path not in root.parents and not (path == root / "exercises"):
+            python.add(str(path))
+    suite = [str(root / name) for name in ("kata", "graders", "solutions")]
+    return sorted(python) + suite + [str(impl.resolve())] + SYSTEM_READABLE
+
+
 def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, scratch: Path, hidden: Path | None) -> TopicResult:
     """Run the topic's grader on impl: a fresh judge process, whose executor (the only
     process that runs the student's code, kata.executor) is confined by kata.sandbox.
@@ -175,6 +194,8 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
         # CUDA reserves far more address space than it uses, so the cap applies on the CPU only.
         "memory_mb": limits.memory_mb if limits.device == "cpu" else None,
     }
+    if limits.sandbox:
+        confinement["confine"] = {"read": readable(impl), "write": [str(work), str(tmp)]}
     env = {
         "HOME": str(judge),
         "TMPDIR": str(judge),
@@ -205,6 +226,9 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
         how = f"exit code {status}" if status >= 0 else f"killed by {signal.Signals(-status).name}"
         return TopicResult(topic.name, "error", message=f"the grading process ended without a valid result ({how}; {exc}; {' / '.join(tail)})")
     out.unlink()
+    for unloaded in data.get("unloaded", []):
+        status = "missing" if unloaded["verdict"] == "missing" else "error"
+        return TopicResult(topic.name, status, message=unloaded["message"], checks=data["checks"])
     return summarise(topic.name, data["checks"])
 
 

@@ -29,7 +29,16 @@ from kata.verdicts import RuleBroken
 
 
 class ExecutorDied(Exception):
-    """The process running the learner's code ended (or was ended) during a request."""
+    """The process running the learner's code ended (or was ended) during a request;
+    `status` says how, in words."""
+
+    def __init__(self, message: str, status: str = ""):
+        super().__init__(message)
+        self.status = status
+
+
+class LoadTimeout(Exception):
+    """A module did not finish loading within the time allowed (its str() is the limit)."""
 
 
 class StaleObject(Exception):
@@ -264,7 +273,7 @@ class Executor:
 
     # -------------------------------------------------------------- requests
 
-    def _request(self, request: dict):
+    def _request(self, request: dict, timeout: float | None = None):
         self.rid += 1
         request["rid"] = self.rid
         if self.pending_seed is not None and request["op"] != "start":
@@ -274,13 +283,18 @@ class Executor:
             reply = self.local.handle(payload)
         else:
             try:
+                self.process.sock.settimeout(timeout)
                 wire.send(self.process.sock, payload)
                 reply = wire.recv(self.process.sock)
+                self.process.sock.settimeout(None)
+            except TimeoutError:
+                self._end()
+                raise LoadTimeout(f"{timeout:g}") from None
             except (EOFError, OSError, wire.ProtocolError) as exc:
                 status = self._end()
                 if isinstance(exc, wire.ProtocolError):
                     raise ExecutorDied(f"the process running your code sent {exc}") from None
-                raise ExecutorDied(f"the process running your code ended during the call ({status})") from None
+                raise ExecutorDied(f"the process running your code ended during the call ({status})", status) from None
             except BaseException:
                 # A timeout (pytest-timeout interrupts us here) or an interrupt: the
                 # executor may still be busy with the call, so it cannot serve another.
@@ -303,9 +317,9 @@ class Executor:
                 self._end()
             raise ExecutorDied(f"the process running your code sent {exc}") from None
 
-    def request(self, request: dict):
+    def request(self, request: dict, timeout: float | None = None):
         self._ensure()
-        return self._request(request)
+        return self._request(request, timeout)
 
     def _make_remote(self, info: dict) -> Remote:
         hid = info["id"]
@@ -345,10 +359,11 @@ class Executor:
 
     # -------------------------------------------------------------- what graders use
 
-    def load(self, path: Path, *, learner: bool = True, missing: str | None = None) -> Remote:
-        """A module loaded by path in the executor, loaded again in a new executor if this one dies."""
+    def load(self, path: Path, *, learner: bool = True, missing: str | None = None, timeout: float | None = 60.0) -> Remote:
+        """A module loaded by path in the executor, loaded again in a new executor if this one
+        dies. A load that takes longer than `timeout` s ends the executor (LoadTimeout)."""
         load = {"path": str(path), "learner": learner, "missing": missing}
-        remote = self.request({"op": "load", **load})
+        remote = self.request({"op": "load", **load}, timeout)
         self.modules.append((remote, load))
         return remote
 

@@ -22,7 +22,7 @@ import torch
 from kata import checks, course
 from kata.files import write_atomically
 from kata.executor import Server
-from kata.judge import Executor, ExecutorDied, LearnerError
+from kata.judge import Executor, ExecutorDied, LearnerError, LoadTimeout
 from kata.loader import LoadError, MissingTopicFile, resolve_impl
 
 VERDICT_LABELS = {
@@ -35,6 +35,7 @@ VERDICT_LABELS = {
     "timed out": "TIMED OUT",
     "missing": "MISSING",
     "skipped": "SKIPPED",
+    "error": "ERROR",
 }
 
 
@@ -128,11 +129,15 @@ class Implementation:
             try:
                 if not path.is_file():
                     raise MissingTopicFile(missing)
-                self._loaded[topic] = self.executors.get(topic).load(path, learner=self.learner, missing=missing)
+                limit = self.executors.config.getoption("timeout", None) or course.get(topic).timeout
+                self._loaded[topic] = self.executors.get(topic).load(path, learner=self.learner, missing=missing, timeout=limit)
             except (LoadError, MissingTopicFile) as exc:
                 self._loaded[topic] = exc
             except ExecutorDied as exc:
-                self._loaded[topic] = LoadError(f"{path} could not be loaded: {exc}")
+                how = f"the process running it ended while importing it ({exc.status})" if exc.status else str(exc)
+                self._loaded[topic] = LoadError(f"{path} could not be loaded: {how}")
+            except LoadTimeout as exc:
+                self._loaded[topic] = LoadError(f"{path} could not be loaded: it did not finish loading within {exc} s (an endless loop at import?)")
         found = self._loaded[topic]
         if isinstance(found, Exception):
             raise found
@@ -171,19 +176,71 @@ class InMemoryImplementation(Implementation):
         return found
 
 
+def _executors(config) -> Executors:
+    if getattr(config, "kata_executors", None) is None:
+        config.kata_executors = Executors(config)
+    return config.kata_executors
+
+
+def _implementation(config) -> Implementation:
+    if getattr(config, "kata_impl", None) is None:
+        executors = _executors(config)
+        impl = config.getoption("--impl")
+        config.kata_impl = InMemoryImplementation(executors) if impl == "in-memory" else Implementation(resolve_impl(impl), executors)
+    return config.kata_impl
+
+
+def pytest_unconfigure(config):
+    executors = getattr(config, "kata_executors", None)
+    if executors is not None:
+        executors.close()
+
+
+def _topic_of(item) -> str | None:
+    """The topic a check grades: graders/test_<topic>.py, or an instructor's test_<topic>*.py."""
+    stem = Path(item.path).stem
+    names = [t for t in course.topic_names() if stem == f"test_{t}" or stem.startswith(f"test_{t}_")]
+    return max(names, key=len) if names else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """A file that cannot be loaded is one verdict, not one per check: it is loaded before
+    any check runs, and if it fails, its checks are not run at all (kata.plugin.Result
+    'error' or 'missing', counted against every check of the topic)."""
+    if not _grading(config):
+        return
+    reporter = config.pluginmanager.get_plugin("kata-verdicts")
+    keep = []
+    failed: dict[str, tuple[str, str, int]] = {}
+    for item in items:
+        topic = _topic_of(item)
+        if topic is not None and topic not in failed:
+            try:
+                _implementation(config).load(topic)
+            except MissingTopicFile as exc:
+                failed[topic] = ("missing", str(exc), 0)
+            except LoadError as exc:
+                failed[topic] = ("error", str(exc), 0)
+        if topic in failed:
+            verdict, message, n = failed[topic]
+            failed[topic] = (verdict, message, n + 1)
+        else:
+            keep.append(item)
+    if failed:
+        items[:] = keep
+        for topic, (verdict, message, n) in failed.items():
+            reporter.file_failed(topic, verdict, message, n)
+
+
 @pytest.fixture(scope="session")
 def executors(request) -> Executors:
-    found = Executors(request.config)
-    request.config.kata_executors = found
-    request.addfinalizer(found.close)
-    return found
+    return _executors(request.config)
 
 
 @pytest.fixture(scope="session")
-def impl(request, executors) -> Implementation:
-    if request.config.getoption("--impl") == "in-memory":
-        return InMemoryImplementation(executors)
-    return Implementation(resolve_impl(request.config.getoption("--impl")), executors)
+def impl(request) -> Implementation:
+    return _implementation(request.config)
 
 
 @pytest.fixture(scope="session")
@@ -334,6 +391,13 @@ class VerdictReporter:
         self.token = token
         self.results: list[Result] = []
         self.last_message = ""
+        self.unloaded: list[dict] = []  # topics whose file could not be loaded: no check ran
+
+    def file_failed(self, topic: str, verdict: str, message: str, checks: int) -> None:
+        self.unloaded.append({"topic": topic, "verdict": verdict, "message": message, "checks": checks})
+        if self.config.getoption("--verdicts"):
+            name = f"{topic}/{topic}.py"
+            self.print_result(Result(nodeid=name, name=name, verdict=verdict, message=message, points=0.0, properties={}))
 
     def pytest_runtest_logreport(self, report):
         result = getattr(report, "kata", None)
@@ -363,27 +427,34 @@ class VerdictReporter:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session, exitstatus):
         results = self.results
+        unrun = sum(u["checks"] for u in self.unloaded)
+        line = summary(results, unrun)
         path = self.config.getoption("--kata-json")
         if path:
             data = {
-                "summary": summary(results),
+                "summary": line,
                 "passed": sum(r.verdict == "passed" for r in results),
-                "total": sum(r.verdict != "skipped" for r in results),
+                "total": sum(r.verdict != "skipped" for r in results) + unrun,
                 "checks": [r.__dict__ for r in results],
             }
+            if self.unloaded:
+                data["unloaded"] = self.unloaded
             if self.token:
                 data["token"] = self.token
             write_atomically(Path(path), json.dumps(data, indent=1, default=str))
         if self.config.getoption("--verdicts"):
             tr = self.config.pluginmanager.get_plugin("terminalreporter")
             tr.ensure_newline()
-            all_pass = bool(results) and all(r.verdict in ("passed", "skipped") for r in results)
-            tr.write_line(summary(results), bold=True, green=all_pass, red=not all_pass)
+            all_pass = bool(results) and not unrun and all(r.verdict in ("passed", "skipped") for r in results)
+            tr.write_line(line, bold=True, green=all_pass, red=not all_pass)
 
 
-def summary(results: list[Result]) -> str:
+def summary(results: list[Result], unrun: int = 0) -> str:
+    """`N of M checks pass (...)`; `unrun` checks did not run because their file could not be loaded."""
     graded = [r for r in results if r.verdict != "skipped"]
     passed = sum(r.verdict == "passed" for r in graded)
+    if unrun:
+        return f"{passed} of {len(graded) + unrun} checks pass ({unrun} not run: the file could not be loaded)"
     counts: dict[str, int] = {}
     for r in results:
         if r.verdict != "passed":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import selectors
 import signal
 import socket
@@ -131,10 +132,16 @@ def _reap(pid: int) -> int | None:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
+def _sockaddr(address: str) -> str:
+    """'@name' is Linux's abstract namespace (a NUL first: no file, and out of reach of a
+    process in another network namespace, as a confined executor is)."""
+    return "\0" + address[1:] if address.startswith("@") else address
+
+
 def serve(path: str) -> None:
     _preload()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+    listener.bind(_sockaddr(path))
     listener.listen(64)
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, "listen")
@@ -266,8 +273,10 @@ class Client:
             if self._proc is not None and (os.getpid() != self._owner or self._proc.poll() is None):
                 return  # running (a forked process cannot poll its parent's child: it trusts it)
             self._owner = os.getpid()
-            folder = tempfile.mkdtemp(prefix="kata-zygote-")
-            self._path = str(Path(folder) / "zygote.sock")
+            if sys.platform.startswith("linux"):
+                self._path = f"@kata-zygote-{os.getpid()}-{secrets.token_hex(8)}"
+            else:
+                self._path = str(Path(tempfile.mkdtemp(prefix="kata-zygote-")) / "zygote.sock")
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "kata.zygote", self._path],
                 stdin=subprocess.PIPE,
@@ -291,7 +300,7 @@ class Client:
                     if line.strip() != b"ready":
                         raise RuntimeError("the zygote did not start")
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            conn.connect(self._path)
+            conn.connect(_sockaddr(self._path))
             self._conns[key] = conn
         return conn
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kata import course
 from tests.grading import ROOT, grade, run_kata, submission
 
@@ -44,9 +46,34 @@ def test_file_that_does_not_load_is_reported_once_per_run(tmp_path):
     broken.write_text("import torch\n\ndef causal_mask(t_q, t_k=None, *, device=None)\n    return None\n")
     graded = grade("attention", submission("attention", broken, tmp_path), tmp_path)
     assert graded.returncode == 1
-    assert {c["verdict"] for c in graded.checks} == {"crashed"}
+    assert graded.checks == [], "no check runs on a file that does not load"
+    lines = graded.stdout.strip().splitlines()
+    assert lines[1].startswith("ERROR") and "could not be loaded" in graded.stdout, graded.stdout
+    assert sum(line.startswith(("ERROR", "PASS", "WRONG", "CRASHED")) for line in lines) == 1, graded.stdout
     assert graded.stdout.count("SyntaxError") == 1, graded.stdout
     assert "broken.py" not in graded.stdout and "attention.py:3" in graded.stdout
+    assert lines[-1] == "0 of 61 checks pass (61 not run: the file could not be loaded)"
+
+
+@pytest.mark.parametrize(
+    "source, cause",
+    [
+        ("import sys\nsys.exit(0)\n", "it called sys.exit(0) while being imported"),
+        ("import os\nos._exit(3)\n", "ended while importing it (it exited with status 3"),
+        ("raise RuntimeError('no GPU here')\n", "RuntimeError: no GPU here"),
+        ("while True:\n    pass\n", "did not finish loading within 2 s"),
+    ],
+    ids=["sys_exit", "os_exit", "exception", "endless_loop"],
+)
+def test_a_file_that_cannot_be_imported_is_one_error_naming_the_cause(tmp_path, source, cause):
+    path = tmp_path / "bad.py"
+    path.write_text(source)
+    proc = run_kata("check", "attention", "--impl", str(submission("attention", path, tmp_path)), "--timeout", "2")
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 1
+    assert lines[1].startswith("ERROR") and cause in proc.stdout, proc.stdout
+    assert sum(line.startswith(("ERROR", "PASS", "WRONG", "CRASHED")) for line in lines) == 1, proc.stdout
+    assert lines[-1].endswith("not run: the file could not be loaded)")
 
 
 def test_crash_shows_the_learners_line_not_torchs(tmp_path):

@@ -8,8 +8,11 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -62,17 +65,38 @@ def make_zip(path: Path, entries: dict[str, bytes], links: tuple[str, ...] = ())
             z.writestr(info, "/etc/passwd")
 
 
-def build_class(folder: Path) -> None:
-    put(folder, "honest", SOLUTION)
+# The attacks on the judge (tests/hostile/tamper_*.py) run inside a partly wrong solution:
+# whatever they patch, they may not score more than that code scores untampered. The escapes
+# (escapes_*.py) run inside a correct one: they may not leave any trace.
+TAMPER = sorted(p.stem for p in HOSTILE.glob("tamper_*.py"))
+ESCAPES = sorted(p.stem for p in HOSTILE.glob("escapes_*.py"))
+MARKER = "honest-student-secret-7f3a"  # in the honest student's file: no one else may see it
+
+
+def hostile_source(name: str, **values) -> str:
+    text = (HOSTILE / f"{name}.py").read_text()
+    for key, value in values.items():
+        text = text.replace(f"__{key.upper()}__", str(value))
+    return text
+
+
+def build_class(folder: Path, trace: Path | None = None, port: int = 9) -> None:
+    put(folder, "honest", SOLUTION + f"\n# {MARKER}\n")
     put(folder, "scaling_forgotten", MUTANT)
     put(folder, "not_begun", STUB.read_text())
     (folder / "nothing_handed_in").mkdir()
     # The honest student also left a conftest.py and a sitecustomize.py: never loaded.
     (folder / "honest" / "conftest.py").write_text("import os\nos._exit(3)\n")
     (folder / "honest" / "sitecustomize.py").write_text("import os\nos._exit(3)\n")
-    for hostile in sorted(HOSTILE.glob("*.py")):
-        # Each attack runs as a correct solution is imported: only the attack can cost the marks.
-        put(folder, hostile.stem, SOLUTION.replace(FUTURE, FUTURE + hostile.read_text(), 1))
+    for sid in EXPECTED:
+        if (HOSTILE / f"{sid}.py").is_file():
+            # Each attack runs as a correct solution is imported: only the attack can cost the marks.
+            put(folder, sid, SOLUTION.replace(FUTURE, FUTURE + (HOSTILE / f"{sid}.py").read_text(), 1))
+    values = {"trace": trace, "port": port, "submissions": folder, "marker": MARKER}
+    for sid in TAMPER:
+        put(folder, sid, MUTANT.replace(FUTURE, FUTURE + hostile_source(sid, **values), 1))
+    for sid in ESCAPES:
+        put(folder, sid, SOLUTION.replace(FUTURE, FUTURE + hostile_source(sid, **values), 1))
     code = SOLUTION.encode()
     make_zip(folder / "zip_honest.zip", {"zip_honest/attention/attention.py": code})
     make_zip(folder / "zip_absolute_path.zip", {"/attention/attention.py": code})
@@ -98,27 +122,61 @@ def rows(out: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+class Listener:
+    """A TCP listener on 127.0.0.1 that notes every connection made to it."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+        self.sock.close()
+
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     root = tmp_path_factory.mktemp("class")
-    submissions, out = root / "submissions", root / "gradebook"
+    submissions, out, trace = root / "submissions", root / "gradebook", root / "trace"
     submissions.mkdir()
-    build_class(submissions)
+    trace.mkdir()
+    listener = Listener()
+    build_class(submissions, trace, listener.port)
     before = repo_state()
     proc = run_grade(submissions, out)
     after = repo_state()
-    return submissions, out, proc, before, after
+    time.sleep(3)  # a child that escaped would write its trace after 2 s
+    listener.stop()
+    return submissions, out, proc, before, after, trace, listener
 
 
 def test_every_student_gets_the_status_they_earned(graded):
-    _, out, proc, _, _ = graded
+    _, out, proc, *_ = graded
     assert proc.returncode == 0, proc.stderr
     got = {r["student"]: r["status"] for r in rows(out)}
-    assert got == EXPECTED, proc.stderr
+    assert set(got) == {*EXPECTED, *TAMPER, *ESCAPES}, proc.stderr
+    assert {sid: got[sid] for sid in EXPECTED} == EXPECTED, proc.stderr
 
 
 def test_hostile_rows_score_nothing_and_say_why(graded):
-    _, out, _, _, _ = graded
+    _, out, *_ = graded
     for sid, status in EXPECTED.items():
         data = json.loads((out / "results" / f"{sid}.json").read_text())
         (topic,) = data["extra_data"]["topics"]
@@ -133,17 +191,47 @@ def test_hostile_rows_score_nothing_and_say_why(graded):
     assert "not a readable zip" in messages["zip_not_a_zip"]
 
 
+def test_tampering_with_the_judge_earns_nothing(graded):
+    """A submission may patch anything in its own process (the grader's code through gc,
+    kata.checks, pytest's reports, torch): the judge is another process, so its score is
+    at most what the same code scores untampered."""
+    _, out, proc, *_ = graded
+    scores = {r["student"]: float(r["score"]) for r in rows(out)}
+    assert scores["scaling_forgotten"] > 0, proc.stderr
+    for sid in TAMPER:
+        assert scores[sid] <= scores["scaling_forgotten"], (sid, scores[sid], scores["scaling_forgotten"])
+
+
+def test_escapes_leave_no_trace(graded):
+    """Native writes, network connections, forks through libc and reading other students'
+    files are stopped by the kernel (kata.sandbox), so the correct code around them still
+    passes and nothing is left: no file, no connection, no process, no stolen text."""
+    _, out, proc, _, _, trace, listener = graded
+    if "no kernel sandbox" in proc.stderr:
+        pytest.skip(proc.stderr.strip().splitlines()[0])
+    assert list(trace.iterdir()) == [], "an escape left a file"
+    assert listener.connections == 0, "a submission connected to the grading machine's network"
+    statuses = {r["student"]: r["status"] for r in rows(out)}
+    assert {sid: statuses[sid] for sid in ESCAPES} == {sid: "passed" for sid in ESCAPES}
+    for sid in statuses:
+        if sid != "honest":
+            text = (out / "results" / f"{sid}.json").read_text() + (out / "feedback" / f"{sid}.md").read_text()
+            assert MARKER not in text, f"{sid} saw the honest student's file"
+    leftover = subprocess.run(["pgrep", "-f", str(trace)], capture_output=True, text=True).stdout
+    assert not leftover.strip(), f"processes left running: {leftover}"
+
+
 def test_nothing_is_written_outside_the_gradebook(graded):
-    _, _, _, before, after = graded
+    _, _, _, before, after, *_ = graded
     assert before == after
 
 
 def test_csv_and_gradescope_formats(graded):
-    _, out, _, _, _ = graded
+    _, out, *_ = graded
     text = (out / "grades.csv").read_text()
     assert text.splitlines()[0] == "student,topic,score,max_score,status"
     table = rows(out)
-    assert len(table) == len(EXPECTED) and {r["status"] for r in table} <= set(grade.STATUSES)
+    assert len(table) == len(EXPECTED) + len(TAMPER) + len(ESCAPES) and {r["status"] for r in table} <= set(grade.STATUSES)
     max_score = {r["max_score"] for r in table}
     assert len(max_score) == 1  # the same for every student, whatever happened to them
     honest = json.loads((out / "results" / "honest.json").read_text())
@@ -155,7 +243,7 @@ def test_csv_and_gradescope_formats(graded):
 
 
 def test_partial_credit_is_the_sum_of_passing_checks(graded):
-    _, out, _, _, _ = graded
+    _, out, *_ = graded
     data = json.loads((out / "results" / "scaling_forgotten.json").read_text())
     passed = sum(t["score"] for t in data["tests"])
     assert 0 < passed < sum(t["max_score"] for t in data["tests"])
@@ -177,7 +265,7 @@ def test_summarise_weighs_checks_by_points():
 
 
 def test_an_interrupted_run_resumes_without_regrading(graded, tmp_path):
-    submissions, out, _, _, _ = graded
+    submissions, out, *_ = graded
     resumed = tmp_path / "gradebook"
     shutil.copytree(out, resumed)
     # Interrupted: one student's result never written, the CSV never rebuilt.
@@ -212,6 +300,8 @@ def test_hidden_checks_run_only_when_grading_and_force_regrades(tmp_path):
     submissions, out, hidden = tmp_path / "submissions", tmp_path / "gradebook", tmp_path / "hidden"
     put(submissions, "honest", SOLUTION)
     put(submissions, "top_left", mutant_source(TESTS / "mutants/attention/causal_mask_top_left.py"))
+    # Looks for the hidden checks in its process (sys.modules) and on disk, to show them in its feedback.
+    put(submissions, "prober", SOLUTION.replace(FUTURE, FUTURE + hostile_source("reads_hidden_grader", hidden=hidden), 1))
     hidden.mkdir()
     (hidden / "test_attention_hidden.py").write_text(HIDDEN_CHECK)
     first = run_grade(submissions, out)
@@ -219,9 +309,9 @@ def test_hidden_checks_run_only_when_grading_and_force_regrades(tmp_path):
     plain = {r["student"]: r for r in rows(out)}
 
     again = run_grade(submissions, out, "--hidden", str(hidden))
-    assert "2 already graded, 0 to grade" in again.stderr  # without --force nothing is redone
+    assert "3 already graded, 0 to grade" in again.stderr  # without --force nothing is redone
     forced = run_grade(submissions, out, "--hidden", str(hidden), "--force")
-    assert forced.returncode == 0 and "0 already graded, 2 to grade" in forced.stderr, forced.stderr
+    assert forced.returncode == 0 and "0 already graded, 3 to grade" in forced.stderr, forced.stderr
     graded = {r["student"]: r for r in rows(out)}
     for sid in ("honest", "top_left"):
         assert float(graded[sid]["max_score"]) == float(plain[sid]["max_score"]) + 1
@@ -231,3 +321,6 @@ def test_hidden_checks_run_only_when_grading_and_force_regrades(tmp_path):
     feedback = (out / "feedback/top_left.md").read_text()
     assert "hidden: test_causal_mask_large" in feedback and "SECRET_MARKER" not in feedback
     assert graded["honest"]["status"] == "passed"
+    # The hidden checks run in the judge, and their file is out of the executor's reach.
+    stolen = (out / "feedback/prober.md").read_text() + (out / "results/prober.json").read_text()
+    assert "the instructor's hidden code" not in stolen and graded["prober"]["status"] == "passed", stolen[:2000]
