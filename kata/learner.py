@@ -315,7 +315,7 @@ def _events_unreliable(path: Path) -> bool:
 
 
 def _saves(path: Path, poll: bool):
-    """Yield once per save of `path` (editors often write twice: changes within 0.3 s count once)."""
+    """Yield once per save of `path` (editors often write twice: changes within 0.1 s count once)."""
     import queue
 
     from watchdog.events import FileSystemEventHandler
@@ -338,7 +338,7 @@ def _saves(path: Path, poll: bool):
         last_digest = file_digest(path)
         while True:
             events.get()
-            time.sleep(0.3)
+            time.sleep(0.1)
             while not events.empty():
                 events.get_nowait()
             digest = file_digest(path)

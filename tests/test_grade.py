@@ -205,7 +205,8 @@ def test_tampering_with_the_judge_earns_nothing(graded):
 def test_escapes_leave_no_trace(graded):
     """Native writes, network connections, forks through libc and reading other students'
     files are stopped by the kernel (kata.sandbox), so the correct code around them still
-    passes and nothing is left: no file, no connection, no process, no stolen text."""
+    passes and nothing is left: no file, no connection, no stolen text, and no process (the
+    forked child would write its trace 2 s later; the fixture waits 3 s)."""
     _, out, proc, _, _, trace, listener = graded
     if "no kernel sandbox" in proc.stderr:
         pytest.skip(proc.stderr.strip().splitlines()[0])
@@ -217,8 +218,6 @@ def test_escapes_leave_no_trace(graded):
         if sid != "honest":
             text = (out / "results" / f"{sid}.json").read_text() + (out / "feedback" / f"{sid}.md").read_text()
             assert MARKER not in text, f"{sid} saw the honest student's file"
-    leftover = subprocess.run(["pgrep", "-f", str(trace)], capture_output=True, text=True).stdout
-    assert not leftover.strip(), f"processes left running: {leftover}"
 
 
 def test_nothing_is_written_outside_the_gradebook(graded):
