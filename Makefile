@@ -7,7 +7,7 @@
 #   make solutions-branch  the git branch 'solutions', exercises/ holding the answers (work tree untouched)
 #   make test            the project's own tests (graders vs solutions, stubs, mutants, variants)
 #   make stubs           regenerate exercises/ stubs from solutions/ (backs up any file it replaces)
-#   make grade submissions=DIR [out=DIR] [topics=a,b] [jobs=N] [hidden=DIR] [force=1]
+#   make grade submissions=DIR [out=DIR] [topics=a,b] [jobs=N] [hidden=DIR] [force=1] [require_sandbox=1]
 #                        grade a whole class into out/ (default gradebook/): grades.csv, feedback, results
 #   make gradescope [topics=a,b] [hidden=DIR]
 #                        build dist/gradescope-autograder.zip (setup.sh, run_autograder, the suite)
@@ -15,6 +15,7 @@
 #                        build an nbgrader course folder (default build/nbgrader) from the katas
 #   make bench           how long a check takes, and the graders' measured speed ratios
 #   make bench-grade     grading throughput: kata grade against nbgrader autograde on one synthetic class
+#   make bench-watch     make watch's save-to-verdict time, in a private copy of the suite
 #   make topics          the course, in order
 #
 # GPU users: install a CUDA build of torch into .venv before the first make (see README),
@@ -36,7 +37,7 @@ hidden ?=
 force  ?=
 course ?= build/nbgrader
 
-.PHONY: check list hint watch solution solutions-branch reset notebook test grade gradescope nbgrader stubs bench bench-grade topics clean-venv
+.PHONY: check list hint watch solution solutions-branch reset notebook test grade gradescope nbgrader stubs bench bench-grade bench-watch topics clean-venv
 
 # Installed once; reinstalled when the dependency list changes. torch is installed first,
 # and only when the venv has none, so a CUDA build the user put there is kept.
@@ -77,7 +78,7 @@ test: $(VENV)/.installed
 
 grade: $(VENV)/.installed
 	@$(PY) -m kata grade "$(submissions)" --out "$(out)" --topics "$(topics)" --jobs "$(jobs)" \
-		$(if $(hidden),--hidden "$(hidden)") $(if $(force),--force)
+		$(if $(hidden),--hidden "$(hidden)") $(if $(force),--force) $(if $(require_sandbox),--require-sandbox)
 
 gradescope: $(VENV)/.installed
 	@$(PY) -m kata gradescope --topics "$(topics)" $(if $(hidden),--hidden "$(hidden)")
@@ -90,6 +91,9 @@ stubs: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	@$(PY) -m pytest benchmarks -p no:cacheprovider -q --benchmark-columns=min,median,max,rounds -o testpaths=benchmarks
+
+bench-watch: $(VENV)/.installed
+	@$(PY) benchmarks/bench_watch.py $(if $(topic),--topic $(topic))
 
 bench-grade: $(VENV)/.installed
 	@$(PY) benchmarks/bench_grade.py $(if $(students),--students $(students)) $(if $(topic),--topic $(topic))

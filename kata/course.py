@@ -26,6 +26,9 @@ class Topic:
     # The least speed-up, per device type, that a check comparing two ways of doing the
     # same work must see (the kv_cache kata: cached over uncached generation).
     speedup: dict[str, float] = field(default_factory=dict)
+    # Whether the learner's code may start worker processes (a data loader's, say) when
+    # graded in the sandbox; they stay confined as it is and end with it (kata.sandbox).
+    worker_processes: bool = False
 
     @property
     def grader(self) -> Path:

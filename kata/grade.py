@@ -195,7 +195,7 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
         "memory_mb": limits.memory_mb if limits.device == "cpu" else None,
     }
     if limits.sandbox:
-        confinement["confine"] = {"read": readable(impl), "write": [str(work), str(tmp)]}
+        confinement["confine"] = {"read": readable(impl), "write": [str(work), str(tmp)], "processes": topic.worker_processes}
     env = {
         "HOME": str(judge),
         "TMPDIR": str(judge),

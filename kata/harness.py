@@ -294,9 +294,11 @@ class Harness:
         *,
         device: torch.device,
         near: float | None = None,
+        at_least: bool = False,
         may_modify: tuple[Tensor, ...] = (),
         warmup: int = 2,
         min_rounds: int = 5,
+        early_rounds: int = 10,
         max_rounds: int = 60,
         budget_s: float = 1.0,
         extra_budget_s: float = 3.0,
@@ -310,12 +312,14 @@ class Harness:
         would be timed with the code (measured: 3x on cached generation, 1.3x on
         MultiHeadAttention) and pull every ratio towards 1.
 
-        `near` is the limit the ratio will be compared with. Rounds stop as soon as the
-        median's 95% interval leaves it (after `min_rounds`: code clearly inside or clearly
-        outside the limit is decided in a few rounds), and go on while the interval still
-        contains it for up to `budget_s + extra_budget_s` seconds in all, so code close to
-        the limit gets its verdict from more evidence instead of from one second's noise.
-        Without `near`, rounds run for `budget_s` (at most `max_rounds`).
+        `near` is the limit the ratio will be compared with (a maximum, or with `at_least`
+        a minimum). Rounds stop as soon as the median's 95% interval is clearly on the
+        passing side of it (after `early_rounds`: fast code is decided in a few rounds); on
+        the failing side only after `budget_s`, as without `near`, so the reference fails
+        no more often than it did with the full budget; and while the interval still
+        contains the limit they go on for up to `budget_s + extra_budget_s` seconds in all,
+        so code close to the limit gets its verdict from more evidence instead of from one
+        second's noise. Without `near`, rounds run for `budget_s` (at most `max_rounds`).
 
         Calibrated on a busy 2-core machine (README, "Speed thresholds"): a ratio per round
         compares two calls made under the same load, and alternating which runs first
@@ -359,8 +363,16 @@ class Harness:
                     if near is None:
                         if elapsed > budget_s or len(ratios) >= max_rounds:
                             break
-                    elif not straddles(ratios, near) or elapsed > budget_s + extra_budget_s:
-                        break  # the verdict is clear, or as clear as the time allows
+                        continue
+                    if elapsed > budget_s + extra_budget_s:
+                        break  # as clear as the time allows
+                    if straddles(ratios, near):
+                        continue
+                    passing = (statistics.median(ratios) >= near) if at_least else (statistics.median(ratios) <= near)
+                    # A pass may be decided early; a failure only with the whole budget's
+                    # evidence, as before: the reference cannot fail on a few unlucky rounds.
+                    if (passing and len(ratios) >= early_rounds) or elapsed > budget_s:
+                        break
         finally:
             torch.set_num_threads(threads)
         return statistics.median(ratios)

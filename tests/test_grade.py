@@ -108,7 +108,7 @@ def build_class(folder: Path, trace: Path | None = None, port: int = 9) -> None:
 
 def run_grade(submissions: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "kata", "grade", str(submissions), "--out", str(out), "--topics", "attention",
-           "--jobs", "2", "--student-timeout", "40", "--memory-mb", "3072", *extra]  # fmt: skip
+           "--jobs", "2", "--student-timeout", "15", "--memory-mb", "3072", *extra]  # fmt: skip
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
