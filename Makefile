@@ -73,8 +73,10 @@ notebook: $(VENV)/.installed
 	@$(PY) -m kata notebook "$(topic)"
 
 # -n auto: the self-tests grade each implementation in its own process; spread them over the cores.
+# --dist loadgroup: the tests sharing one graded class (xdist_group) run on one worker, so
+# the class is graded once.
 test: $(VENV)/.installed
-	@$(PY) -m pytest -n auto $(PYTEST_ARGS)
+	@$(PY) -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
 grade: $(VENV)/.installed
 	@$(PY) -m kata grade "$(submissions)" --out "$(out)" --topics "$(topics)" --jobs "$(jobs)" \

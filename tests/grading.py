@@ -35,9 +35,22 @@ class Graded:
         return "\n".join(f"{c['verdict']:>13}  {c['name']}: {c['message']}" for c in self.failing()) or self.stdout
 
 
-def run_kata(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def warm_env() -> dict:
+    """This process's environment with its zygote's address (KATA_ZYGOTE), so that a `kata`
+    subprocess forks its executors from the warm zygote of this test worker instead of
+    importing torch once more: the learner's path all the same, without that second's cost.
+    Only for subprocesses of this checkout (the zygote runs its code). One test, in
+    test_cli, keeps the fully cold path."""
+    from kata import zygote
+
+    zygote.start()
+    return {**os.environ, zygote.ADDRESS_ENV: zygote.address()} if zygote.address() else dict(os.environ)
+
+
+def run_kata(*args: str, timeout: float = 300, cold: bool = False) -> subprocess.CompletedProcess:
+    env = None if cold else warm_env()
     return subprocess.run(
-        [sys.executable, "-m", "kata", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "kata", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 

@@ -119,3 +119,11 @@ def test_other_verbs_refuse_bad_input_in_one_line(tmp_path):
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, (args, proc.stderr)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_cold_check_starts_its_own_zygote(tmp_path):
+    """The learner's first `make check`: no warm process anywhere, the front door starts one."""
+    out = tmp_path / "r.json"
+    proc = run_kata("check", "attention", "--impl", "solutions", "--only", "test_causal_mask_square", "--json", str(out), cold=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(out.read_text())["passed"] == 3

@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 
 from kata import grade
-from tests.grading import ROOT, TESTS, mutant_source
+from tests.grading import ROOT, TESTS, mutant_source, warm_env
+
+# One class is graded for all these tests: keep them on one xdist worker (make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("graded-class")
 
 HOSTILE = TESTS / "hostile"
 SOLUTION = (ROOT / "solutions/attention/attention.py").read_text()
@@ -109,7 +112,7 @@ def build_class(folder: Path, trace: Path | None = None, port: int = 9) -> None:
 def run_grade(submissions: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "kata", "grade", str(submissions), "--out", str(out), "--topics", "attention",
            "--jobs", "2", "--student-timeout", "15", "--memory-mb", "3072", *extra]  # fmt: skip
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=warm_env())
 
 
 def repo_state() -> str:
