@@ -28,7 +28,9 @@ def fail(message: str) -> int:
 def cmd_check(args) -> int:
     from kata import zygote
 
-    zygote.start()  # it imports torch for the executor while this process imports pytest and torch
+    # It imports torch for the executor while this process imports pytest and torch; lean:
+    # one grading forks one executor, as soon as it can.
+    zygote.start(full=False)
     import pytest
 
     from kata.checks import pick_device

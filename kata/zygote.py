@@ -37,23 +37,29 @@ ADDRESS_ENV = "KATA_ZYGOTE"
 # ---------------------------------------------------------------- the zygote process
 
 
-def _preload() -> None:
+def _preload(full: bool) -> None:
     """Import what every child needs, computing nothing: torch, pytest, the engine and the
-    public graders (an executor imports its topic's grader for the helpers checks send it)."""
+    public graders (an executor imports its topic's grader for the helpers checks send it).
+    `full` (a zygote for many gradings: watch, grade, the self-tests) also imports what only
+    some need: torch._dynamo, which the first meta-device op imports (0.9 s, once here
+    instead of in every executor), and the judge's own modules. A cold `make check` forks
+    one executor only, as soon as it can: there an executor imports those if it needs them."""
     import importlib.util
 
     import pytest  # noqa: F401
     import torch  # noqa: F401  (the point: imported once, here)
-    import torch._dynamo  # noqa: F401  (imported by the first meta-device op: 0.9 s, once, here)
-    import torch._meta_registrations  # noqa: F401
     import torch.utils.flop_counter  # noqa: F401
 
-    import kata.cli  # noqa: F401
     import kata.executor  # noqa: F401
     import kata.harness  # noqa: F401
-    import kata.plugin  # noqa: F401
     from kata import course
 
+    if full:
+        import torch._dynamo  # noqa: F401
+        import torch._meta_registrations  # noqa: F401
+
+        import kata.cli  # noqa: F401
+        import kata.plugin  # noqa: F401
     for topic in course.topics():
         name = topic.grader.stem
         if name not in sys.modules and topic.grader.is_file():
@@ -138,8 +144,8 @@ def _sockaddr(address: str) -> str:
     return "\0" + address[1:] if address.startswith("@") else address
 
 
-def serve(path: str) -> None:
-    _preload()
+def serve(path: str, full: bool = True) -> None:
+    _preload(full)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(_sockaddr(path))
     listener.listen(64)
@@ -264,8 +270,9 @@ class Client:
         self._owner: int | None = None  # the process that started the zygote
         self._conns: dict[tuple[int, int], socket.socket] = {}  # (pid, thread) -> connection
 
-    def start(self) -> None:
-        """Start the zygote now (it imports torch in parallel with whatever we do next)."""
+    def start(self, full: bool = True) -> None:
+        """Start the zygote now (it imports torch in parallel with whatever we do next);
+        `full=False` for one grading only (kata.zygote._preload)."""
         with self._lock:
             if os.environ.get(ADDRESS_ENV):
                 self._path = os.environ[ADDRESS_ENV]
@@ -278,7 +285,7 @@ class Client:
             else:
                 self._path = str(Path(tempfile.mkdtemp(prefix="kata-zygote-")) / "zygote.sock")
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "kata.zygote", self._path],
+                [sys.executable, "-m", "kata.zygote", self._path, *([] if full else ["--lean"])],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -339,9 +346,9 @@ def available() -> bool:
     return hasattr(os, "fork") and hasattr(socket, "send_fds")
 
 
-def start() -> None:
+def start(full: bool = True) -> None:
     if available():
-        _client.start()
+        _client.start(full)
 
 
 def address() -> str | None:
@@ -358,4 +365,4 @@ def fork_judge(argv: list[str], **kwargs) -> Child:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], full="--lean" not in sys.argv[2:])
