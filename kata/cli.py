@@ -30,7 +30,7 @@ def cmd_check(args) -> int:
 
     # It imports torch for the executor while this process imports pytest and torch; lean:
     # one grading forks one executor, as soon as it can.
-    zygote.start(full=False)
+    zygote.start(full=False)  # (nothing where fork is unavailable: executors are spawned)
     import pytest
 
     from kata.checks import pick_device

@@ -463,7 +463,7 @@ def grade_class(submissions: Path, out: Path, topics: list[course.Topic], *, job
     todo = [sid for sid in students if force or not already_graded(results_dir / f"{sid}.json", names)]
     print(f"{len(students)} submissions, {len(students) - len(todo)} already graded, {len(todo)} to grade with {jobs} jobs", file=sys.stderr)
     if todo:
-        zygote.start()  # one warm zygote for the class: each executor is a fork of it
+        zygote.start()  # one warm zygote for the class: each judge and executor is a fork of it
         max_scores = reference_max_scores(topics, limits, hidden)
         progress = Progress(len(todo))
 

@@ -240,7 +240,10 @@ class Executor:
     def _ensure(self) -> None:
         if self.local is not None or self.process is not None:
             return
-        self.process = self.launcher()
+        try:
+            self.process = self.launcher()
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ExecutorDied(f"the process to run your code could not be started ({type(exc).__name__}: {exc})") from None
         for handle in self.handles:
             handle.hid = None  # made by an executor that has ended
         self.handles, self.remotes = [], {}

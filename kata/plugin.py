@@ -103,7 +103,7 @@ def _launcher(config):
     from kata import judge, sandbox, zygote
 
     options = sandbox.options_from_env()
-    if os.environ.get("KATA_EXECUTOR") == "spawn" or not hasattr(os, "fork"):
+    if not zygote.available():
         return lambda: judge.spawn_executor(options)
     return zygote.launcher(options)
 

@@ -343,12 +343,20 @@ _client = Client()
 
 
 def available() -> bool:
-    return hasattr(os, "fork") and hasattr(socket, "send_fds")
+    """Whether processes here can be forked from a zygote (not on Windows; KATA_EXECUTOR=spawn
+    forces the fallback, fresh processes, for its test)."""
+    return hasattr(os, "fork") and hasattr(socket, "send_fds") and os.environ.get("KATA_EXECUTOR") != "spawn"
 
 
 def start(full: bool = True) -> None:
     if available():
         _client.start(full)
+
+
+def ready() -> None:
+    """Wait until this process's zygote listens (before handing its address to another process)."""
+    if available():
+        _client._conn()
 
 
 def address() -> str | None:

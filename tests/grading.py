@@ -44,6 +44,7 @@ def warm_env() -> dict:
     from kata import zygote
 
     zygote.start()
+    zygote.ready()
     return {**os.environ, zygote.ADDRESS_ENV: zygote.address()} if zygote.address() else dict(os.environ)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from kata import course
-from tests.grading import ROOT, grade, run_kata, submission
+from tests.grading import ROOT, grade, mutant_source, run_kata, submission, warm_env
 
 
 def test_unknown_topic_names_the_valid_ones():
@@ -127,3 +130,20 @@ def test_a_cold_check_starts_its_own_zygote(tmp_path):
     proc = run_kata("check", "attention", "--impl", "solutions", "--only", "test_causal_mask_square", "--json", str(out), cold=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(out.read_text())["passed"] == 3
+
+
+def test_without_fork_processes_are_spawned_with_the_same_verdicts(tmp_path):
+    """Where fork is unavailable (Windows) executors start as fresh interpreters: slower, same verdicts."""
+    source = tmp_path / "mutant.py"
+    source.write_text(mutant_source(ROOT / "tests/mutants/attention/causal_mask_top_left.py"))
+    impl = str(submission("attention", source, tmp_path))
+    only = "test_causal_mask_square,test_causal_mask_is_bottom_right,test_mha_layout"
+    verdicts = []
+    for spawn in (False, True):
+        out = tmp_path / f"r{spawn}.json"
+        env = {**(os.environ if spawn else warm_env()), **({"KATA_EXECUTOR": "spawn"} if spawn else {})}
+        proc = subprocess.run([sys.executable, "-m", "kata", "check", "attention", "--impl", impl, "--only", only, "--json", str(out)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        verdicts.append({c["name"]: (c["verdict"], c["message"]) for c in json.loads(out.read_text())["checks"]})
+    assert verdicts[0] == verdicts[1] and "wrong" in {v for v, _ in verdicts[0].values()}
