@@ -253,19 +253,29 @@ def make_mha(attention, d_model, n_heads, device, *, bias=True, dtype=torch.floa
     return mha.to(device=device, dtype=dtype)
 
 
+def mha_weights(mha) -> dict:
+    """The module's projection weights (and biases), read in one request."""
+    w = {name: t.detach() for name, t in mha.state_dict().items()}
+    for name in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight"):
+        if name not in w:
+            raise checks.Wrong(f"{checks.type_name(mha)} has no {name}: expected q_proj, k_proj, v_proj and out_proj (nn.Linear)")
+    return w
+
+
 def torch_mha(mha, x, context=None, *, mask=None, is_causal=False, dtype=None):
     """nn.MultiheadAttention with mha's weights, in `dtype` on the CPU, fed this kata's mask convention."""
     dtype = dtype or torch.float64
-    d_model, h = mha.q_proj.in_features, mha.n_heads
-    bias = mha.q_proj.bias is not None
+    w = mha_weights(mha)
+    d_model, h = w["q_proj.weight"].shape[1], mha.n_heads
+    bias = "q_proj.bias" in w
     ref = nn.MultiheadAttention(d_model, h, bias=bias, batch_first=True)
     ref = ref.to(device=x.device if dtype != torch.float64 else "cpu", dtype=dtype)
     with torch.no_grad():
-        ref.in_proj_weight.copy_(torch.cat([mha.q_proj.weight, mha.k_proj.weight, mha.v_proj.weight]))
-        ref.out_proj.weight.copy_(mha.out_proj.weight)
+        ref.in_proj_weight.copy_(torch.cat([w["q_proj.weight"], w["k_proj.weight"], w["v_proj.weight"]]))
+        ref.out_proj.weight.copy_(w["out_proj.weight"])
         if bias:
-            ref.in_proj_bias.copy_(torch.cat([mha.q_proj.bias, mha.k_proj.bias, mha.v_proj.bias]))
-            ref.out_proj.bias.copy_(mha.out_proj.bias)
+            ref.in_proj_bias.copy_(torch.cat([w["q_proj.bias"], w["k_proj.bias"], w["v_proj.bias"]]))
+            ref.out_proj.bias.copy_(w["out_proj.bias"])
     convert = golden if dtype == torch.float64 else (lambda t: t)
     x = convert(x)
     context = x if context is None else convert(context)
@@ -306,7 +316,7 @@ MHA_CASES = ["self", "causal", "padding_mask", "float_mask", "per_head_bool_mask
 
 
 def call_mha(mha, x, context, kwargs, backward=None):
-    what = describe_call(f"MultiHeadAttention({mha.q_proj.in_features}, {mha.n_heads})", x, *([context] if context is not None else []), **kwargs)
+    what = describe_call(f"MultiHeadAttention({x.shape[-1]}, {mha.n_heads})", x, *([context] if context is not None else []), **kwargs)
     return rules.call(mha, x, context, what=what, backward=backward, **kwargs), what
 
 
