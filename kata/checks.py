@@ -9,7 +9,6 @@ compared here with torch's own, computed here.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import Counter
 from collections.abc import Callable
