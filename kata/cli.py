@@ -28,18 +28,18 @@ def fail(message: str) -> int:
 def cmd_check(args) -> int:
     from kata import zygote
 
+    try:
+        topic = course.get(args.topic)
+    except course.UnknownTopic as exc:
+        return fail(str(exc))
     # It imports torch for the executor while this process imports pytest and torch; lean:
     # one grading forks one executor, as soon as it can.
-    zygote.start(full=False)  # (nothing where fork is unavailable: executors are spawned)
+    zygote.start(full=False, topics=[topic])  # (nothing where fork is unavailable: executors are spawned)
     import pytest
 
     from kata.checks import pick_device
     from kata.loader import resolve_impl
 
-    try:
-        topic = course.get(args.topic)
-    except course.UnknownTopic as exc:
-        return fail(str(exc))
     root = resolve_impl(args.impl)
     if not root.is_dir():
         return fail(f"no folder {args.impl}: impl is exercises, solutions or a folder shaped like exercises/")

@@ -29,6 +29,9 @@ class Topic:
     # Whether the learner's code may start worker processes (a data loader's, say) when
     # graded in the sandbox; they stay confined as it is and end with it (kata.sandbox).
     worker_processes: bool = False
+    # Modules the warm zygote imports for this topic's gradings because torch imports them
+    # only when first used, in every forked judge and executor again (kata.zygote).
+    preload: tuple[str, ...] = ()
 
     @property
     def grader(self) -> Path:
@@ -57,6 +60,7 @@ def topics() -> tuple[Topic, ...]:
     for entry in data.get("topic", []):
         entry = dict(entry)
         entry["forbidden"] = tuple(entry.get("forbidden", ()))
+        entry["preload"] = tuple(entry.get("preload", ()))
         out.append(Topic(**entry))
     return tuple(out)
 

@@ -440,6 +440,16 @@ def write_grades_csv(out: Path, students: list[str], topics: list[str]) -> int:
     return rows
 
 
+class _Pending:
+    """Max scores that a future will give: looked up only once a student's grading is done."""
+
+    def __init__(self, future):
+        self.future = future
+
+    def __getitem__(self, topic: str) -> float:
+        return self.future.result()[topic]
+
+
 class Progress:
     def __init__(self, total: int):
         self.total, self.done, self.started = total, 0, time.monotonic()
@@ -463,20 +473,30 @@ def grade_class(submissions: Path, out: Path, topics: list[course.Topic], *, job
     todo = [sid for sid in students if force or not already_graded(results_dir / f"{sid}.json", names)]
     print(f"{len(students)} submissions, {len(students) - len(todo)} already graded, {len(todo)} to grade with {jobs} jobs", file=sys.stderr)
     if todo:
-        zygote.start()  # one warm zygote for the class: each judge and executor is a fork of it
-        max_scores = reference_max_scores(topics, limits, hidden)
+        zygote.start(topics=topics)  # one warm zygote for the class: each judge and executor is a fork of it
         progress = Progress(len(todo))
-
-        def one(sid):
-            started = time.monotonic()
-            results = grade_student(sid, students[sid], topics, limits, hidden, max_scores)
-            write_atomically(results_dir / f"{sid}.json", json.dumps(gradescope_json(results, time.monotonic() - started), indent=1))
-            write_atomically(out / "feedback" / f"{sid}.md", feedback_markdown(sid, results))
-            return sid, results
-
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            for future in as_completed([pool.submit(one, sid) for sid in todo]):
-                progress.step(*future.result())
+            # The reference solution is graded first in the queue, next to the first
+            # students instead of before them (a second of every run, on a free core). A
+            # student's results wait for its max scores, so none is written if it fails.
+            reference = pool.submit(reference_max_scores, topics, limits, hidden)
+            max_scores = _Pending(reference)
+
+            def one(sid):
+                started = time.monotonic()
+                results = grade_student(sid, students[sid], topics, limits, hidden, max_scores)
+                write_atomically(results_dir / f"{sid}.json", json.dumps(gradescope_json(results, time.monotonic() - started), indent=1))
+                write_atomically(out / "feedback" / f"{sid}.md", feedback_markdown(sid, results))
+                return sid, results
+
+            futures = [pool.submit(one, sid) for sid in todo]
+            try:
+                reference.result()
+                for future in as_completed(futures):
+                    progress.step(*future.result())
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
     rows = write_grades_csv(out, sorted(students), names)
     print(f"wrote {out / 'grades.csv'} ({rows} rows), {results_dir}/, {out / 'feedback'}/", file=sys.stderr)
     return 0

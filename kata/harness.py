@@ -28,7 +28,12 @@ from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from kata import lazy_dynamo
 from kata.verdicts import RuleBroken
+
+# Every process that grades (judge and executor, forked or spawned) imports this module
+# before any check runs: from here on, torch's own functions stop importing torch._dynamo.
+lazy_dynamo.defer()
 
 # ---------------------------------------------------------------- forbidden ops
 
@@ -71,21 +76,6 @@ class _ForbidOps(TorchDispatchMode):
             self.hits.append(name)
             raise RuleBroken(f"called the aten op {name}, which this kata forbids")
         return func(*args, **(kwargs or {}))
-
-
-def skip_dynamo_import(mode_cls: type[TorchDispatchMode]) -> type[TorchDispatchMode]:
-    """TorchDispatchMode wraps __torch_dispatch__ so that its first call imports
-    torch._dynamo (about 2 s, close to half of a whole check) only to keep the handler
-    out of torch.compile's tracing. Graders never compile their modes, so mark the raw
-    handler as its own "disabled" version and torch skips the import. Should torch change
-    this detail, the only cost is the import again."""
-    raw = getattr(mode_cls.__torch_dispatch__, "__wrapped__", None)
-    if raw is not None:
-        raw.__dynamo_disable = raw
-    return mode_cls
-
-
-skip_dynamo_import(_ForbidOps)
 
 
 # ---------------------------------------------------------------- what a call touches
@@ -180,8 +170,6 @@ class _RecordOps(TorchDispatchMode):
         )
         return out
 
-
-skip_dynamo_import(_RecordOps)
 
 
 def op_to_data(op: Op) -> dict:
@@ -279,9 +267,6 @@ class Harness:
         from torch.utils import flop_counter
 
         kwargs = kwargs or {}
-        # Its inner dispatch mode would import torch._dynamo on first use (2-3 s) for nothing, as above.
-        if hasattr(flop_counter, "_FlopCounterMode"):
-            skip_dynamo_import(flop_counter._FlopCounterMode)
         counter = flop_counter.FlopCounterMode(display=False)
         with torch.no_grad(), self.unchanged(fn, args, kwargs, may_modify=may_modify), self.enforced(), counter:
             fn(*args, **kwargs)

@@ -259,7 +259,7 @@ def watch(topic: course.Topic, *, device: str, poll: bool | None = None, runs: i
     """Grade now and again after every save of the learner's file, until Ctrl-C (or `runs` gradings)."""
     from kata import zygote
 
-    zygote.start()  # warm before the first save
+    zygote.start(topics=[topic])  # warm before the first save
     mine = topic.file_in(course.EXERCISES)
     if poll is None:
         poll = _events_unreliable(mine)

@@ -37,13 +37,20 @@ ADDRESS_ENV = "KATA_ZYGOTE"
 # ---------------------------------------------------------------- the zygote process
 
 
-def _preload(full: bool) -> None:
+def _preload(full: bool, modules: list[str]) -> None:
     """Import what every child needs, computing nothing: torch, pytest, the engine and the
-    public graders (an executor imports its topic's grader for the helpers checks send it).
-    `full` (a zygote for many gradings: watch, grade, the self-tests) also imports what only
-    some need: torch._dynamo, which the first meta-device op imports (0.9 s, once here
-    instead of in every executor), and the judge's own modules. A cold `make check` forks
-    one executor only, as soon as it can: there an executor imports those if it needs them."""
+    public graders (an executor imports its topic's grader for the helpers checks send it),
+    and `modules`, those the topics served need that torch imports on first use (their
+    course.toml `preload`: torch._dynamo where optimizers step). `full` (a zygote for many
+    gradings: watch, grade, the self-tests) also imports what only some need: torch's
+    meta-device kernels, with sympy (0.4 s at the first meta-device op), and the judge's own
+    modules. A cold `make check` forks one executor only, as soon as it can: there an
+    executor imports those if it needs them.
+
+    torch._dynamo is not among them unless a topic asks: kata.lazy_dynamo keeps torch's
+    own functions from importing it, and with it imported, each of the rule modes'
+    dispatches goes through its disable wrapper (0.17 s of an attention grading)."""
+    import importlib
     import importlib.util
 
     import pytest  # noqa: F401
@@ -54,9 +61,11 @@ def _preload(full: bool) -> None:
     import kata.harness  # noqa: F401
     from kata import course
 
+    for name in modules:
+        importlib.import_module(name)
     if full:
-        import torch._dynamo  # noqa: F401
         import torch._meta_registrations  # noqa: F401
+        import torch.fx.experimental.symbolic_shapes  # noqa: F401
 
         import kata.cli  # noqa: F401
         import kata.plugin  # noqa: F401
@@ -144,8 +153,8 @@ def _sockaddr(address: str) -> str:
     return "\0" + address[1:] if address.startswith("@") else address
 
 
-def serve(path: str, full: bool = True) -> None:
-    _preload(full)
+def serve(path: str, full: bool = True, modules: list[str] = ()) -> None:
+    _preload(full, list(modules))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(_sockaddr(path))
     listener.listen(64)
@@ -270,9 +279,10 @@ class Client:
         self._owner: int | None = None  # the process that started the zygote
         self._conns: dict[tuple[int, int], socket.socket] = {}  # (pid, thread) -> connection
 
-    def start(self, full: bool = True) -> None:
+    def start(self, full: bool = True, topics=None) -> None:
         """Start the zygote now (it imports torch in parallel with whatever we do next);
-        `full=False` for one grading only (kata.zygote._preload)."""
+        `full=False` for one grading only; `topics` it will grade (default: all), for their
+        `preload` modules (kata.zygote._preload)."""
         with self._lock:
             if os.environ.get(ADDRESS_ENV):
                 self._path = os.environ[ADDRESS_ENV]
@@ -285,7 +295,7 @@ class Client:
             else:
                 self._path = str(Path(tempfile.mkdtemp(prefix="kata-zygote-")) / "zygote.sock")
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "kata.zygote", self._path, *([] if full else ["--lean"])],
+                [sys.executable, "-m", "kata.zygote", self._path, *([] if full else ["--lean"]), *preload_of(topics)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -348,9 +358,15 @@ def available() -> bool:
     return hasattr(os, "fork") and hasattr(socket, "send_fds") and os.environ.get("KATA_EXECUTOR") != "spawn"
 
 
-def start(full: bool = True) -> None:
+def preload_of(topics=None) -> list[str]:
+    from kata import course
+
+    return sorted({name for topic in (course.topics() if topics is None else topics) for name in topic.preload})
+
+
+def start(full: bool = True, topics=None) -> None:
     if available():
-        _client.start(full)
+        _client.start(full, topics)
 
 
 def ready() -> None:
@@ -373,4 +389,4 @@ def fork_judge(argv: list[str], **kwargs) -> Child:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], full="--lean" not in sys.argv[2:])
+    serve(sys.argv[1], full="--lean" not in sys.argv[2:], modules=[a for a in sys.argv[2:] if a != "--lean"])

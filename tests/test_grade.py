@@ -326,3 +326,25 @@ def test_hidden_checks_run_only_when_grading_and_force_regrades(tmp_path):
     # The hidden checks run in the judge, and their file is out of the executor's reach.
     stolen = (out / "feedback/prober.md").read_text() + (out / "results/prober.json").read_text()
     assert "the instructor's hidden code" not in stolen and graded["prober"]["status"] == "passed", stolen[:2000]
+
+
+def test_nothing_is_written_when_the_reference_fails(tmp_path, monkeypatch):
+    """The reference is graded alongside the first students: their results wait for it, and
+    a reference that fails (a broken grading machine) leaves no student's file behind."""
+    from kata import course
+
+    subs, out = tmp_path / "subs", tmp_path / "gradebook"
+    for sid in ("s1", "s2", "s3"):
+        (subs / sid / "attention").mkdir(parents=True)
+        (subs / sid / "attention" / "attention.py").write_text("x = 1\n")
+
+    def broken_reference(*args, **kwargs):
+        time.sleep(0.3)  # the students' gradings finish first
+        raise RuntimeError("the reference solution does not pass the attention grader here")
+
+    monkeypatch.setattr(grade.zygote, "start", lambda **kwargs: None)
+    monkeypatch.setattr(grade, "reference_max_scores", broken_reference)
+    monkeypatch.setattr(grade, "grade_topic", lambda impl, topic, *args: grade.TopicResult(topic.name, "passed", 1.0, 1.0))
+    with pytest.raises(RuntimeError, match="reference solution"):
+        grade.grade_class(subs, out, [course.get("attention")], jobs=2, limits=grade.Limits())
+    assert not list(out.rglob("*.json")) and not list(out.rglob("*.md"))
