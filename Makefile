@@ -7,6 +7,8 @@
 #   make solutions-branch  the git branch 'solutions', exercises/ holding the answers (work tree untouched)
 #   make test            the project's own tests (graders vs solutions, stubs, mutants, variants)
 #   make stubs           regenerate exercises/ stubs from solutions/ (backs up any file it replaces)
+#   make fingerprints [topics=a,b]  grade every mutant on every check: graders/fingerprints/,
+#                        the known-mistake diagnosis and the topic READMEs' "Common mistakes"
 #   make grade submissions=DIR [out=DIR] [topics=a,b] [jobs=N] [hidden=DIR] [force=1] [require_sandbox=1]
 #                        grade a whole class into out/ (default gradebook/): grades.csv, feedback, results
 #   make gradescope [topics=a,b] [hidden=DIR]
@@ -37,7 +39,7 @@ hidden ?=
 force  ?=
 course ?= build/nbgrader
 
-.PHONY: check list hint watch solution solutions-branch reset notebook test grade gradescope nbgrader stubs bench bench-grade bench-watch topics clean-venv
+.PHONY: check list hint watch solution solutions-branch reset notebook test grade gradescope nbgrader stubs fingerprints bench bench-grade bench-watch topics clean-venv
 
 # Installed once; reinstalled when the dependency list changes. torch is installed first,
 # and only when the venv has none, so a CUDA build the user put there is kept.
@@ -90,6 +92,9 @@ nbgrader: $(VENV)/.installed
 
 stubs: $(VENV)/.installed
 	@$(PY) -m kata stubs
+
+fingerprints: $(VENV)/.installed
+	@$(PY) -m tests.fingerprints $(if $(topics),--topics $(topics))
 
 bench: $(VENV)/.installed
 	@$(PY) -m pytest benchmarks -p no:cacheprovider -q --benchmark-columns=min,median,max,rounds -o testpaths=benchmarks

@@ -71,8 +71,15 @@ def cmd_check(args) -> int:
         results = Path(args.json) if args.json else Path(tmp) / "results.json"
         extra.append(f"--kata-json={results}")
         code = pytest.main(engine.grader_args(topic, args.impl, device.type, *extra, only=only, timeout=args.timeout))
-        if own_work and not only and results.is_file():
-            learner.record_check(topic.name, json.loads(results.read_text()))
+        data = json.loads(results.read_text()) if results.is_file() else None
+        if own_work and not only and data:
+            learner.record_check(topic.name, data)
+    if data and code != 0 and not data.get("unloaded"):
+        from kata import mistakes
+
+        lines = mistakes.describe(topic.name, mistakes.diagnose_topic(topic.name, data["checks"]))
+        if lines:
+            print("\n" + "\n".join(lines))
     return 0 if code == 0 else 1
 
 

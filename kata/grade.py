@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from kata import course, sandbox, zygote
+from kata import course, mistakes, sandbox, zygote
 from kata.files import write_atomically
 
 STATUSES = ("passed", "partial", "failed", "not_started", "missing", "error", "timeout")
@@ -68,6 +68,7 @@ class TopicResult:
     max_score: float = 0.0
     message: str = ""
     checks: list[dict] = field(default_factory=list)
+    mistakes: list[dict] = field(default_factory=list)  # known mistakes the failures match (kata.mistakes)
 
 
 # ---------------------------------------------------------------- submissions
@@ -229,7 +230,13 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
     for unloaded in data.get("unloaded", []):
         status = "missing" if unloaded["verdict"] == "missing" else "error"
         return TopicResult(topic.name, status, message=unloaded["message"], checks=data["checks"])
-    return summarise(topic.name, data["checks"])
+    result = summarise(topic.name, data["checks"])
+    if result.status in ("partial", "failed"):
+        result.mistakes = [
+            {"name": d.mistake.name, "line": d.mistake.line, "hints": list(d.mistake.hints)}
+            for d in mistakes.diagnose_topic(topic.name, data["checks"])
+        ]
+    return result
 
 
 class _Spawned:
@@ -374,7 +381,10 @@ def gradescope_json(results: list[TopicResult], seconds: float) -> dict:
         "score": sum(r.score for r in results),
         "execution_time": round(seconds, 1),
         "tests": tests,
-        "extra_data": {"topics": [{"topic": r.topic, "score": r.score, "max_score": r.max_score, "status": r.status, "message": r.message} for r in results]},
+        "extra_data": {"topics": [
+            {"topic": r.topic, "score": r.score, "max_score": r.max_score, "status": r.status, "message": r.message, "mistakes": r.mistakes}
+            for r in results
+        ]},  # fmt: skip
     }
 
 
@@ -386,6 +396,9 @@ def feedback_markdown(sid: str, results: list[TopicResult]) -> str:
         lines += [f"## {r.topic}: {r.score:g} of {r.max_score:g} ({r.status.replace('_', ' ')})", ""]
         if r.message:
             lines += [r.message, ""]
+        for m in r.mistakes:
+            hints = f" Read hint {', '.join(map(str, m['hints']))} (`make hint topic={r.topic} n={m['hints'][0]}`)." if m["hints"] else ""
+            lines += [f"Looks like a known mistake: **{m['name']}**: {m['line']}{hints}", ""]
         for c in r.checks:
             if c["verdict"] in ("passed", "skipped"):
                 continue
@@ -438,6 +451,32 @@ def write_grades_csv(out: Path, students: list[str], topics: list[str]) -> int:
                 rows += 1
     write_atomically(out / "grades.csv", buf.getvalue())
     return rows
+
+
+def write_class_mistakes(out: Path, students: list[str], topics: list[str], shown: int = 5) -> list[str]:
+    """mistakes.csv (topic, mistake, students, description) from every student's results: what
+    the class got wrong, most frequent first; returns the lines to print, `shown` per topic."""
+    counts: dict[tuple[str, str], list] = {}
+    for sid in students:
+        try:
+            data = json.loads((out / "results" / f"{sid}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        for t in data["extra_data"]["topics"]:
+            if t["topic"] in topics:
+                for m in t.get("mistakes", []):
+                    counts.setdefault((t["topic"], m["name"]), [m["line"], 0])[1] += 1
+    ranked = sorted(counts.items(), key=lambda kv: (topics.index(kv[0][0]), -kv[1][1], kv[0][1]))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["topic", "mistake", "students", "description"])
+    lines = []
+    for (topic, name), (line, n) in ranked:
+        writer.writerow([topic, name, n, line])
+        if sum(1 for shown_line in lines if shown_line.startswith(f"  {topic}: ")) < shown:
+            lines.append(f"  {topic}: {name} ({n} student{'s' if n != 1 else ''}): {line}")
+    write_atomically(out / "mistakes.csv", buf.getvalue())
+    return lines
 
 
 class _Pending:
@@ -498,5 +537,8 @@ def grade_class(submissions: Path, out: Path, topics: list[course.Topic], *, job
                 pool.shutdown(cancel_futures=True)
                 raise
     rows = write_grades_csv(out, sorted(students), names)
-    print(f"wrote {out / 'grades.csv'} ({rows} rows), {results_dir}/, {out / 'feedback'}/", file=sys.stderr)
+    frequent = write_class_mistakes(out, sorted(students), names)
+    if frequent:
+        print("most frequent known mistakes (all in mistakes.csv):\n" + "\n".join(frequent), file=sys.stderr)
+    print(f"wrote {out / 'grades.csv'} ({rows} rows), {out / 'mistakes.csv'}, {results_dir}/, {out / 'feedback'}/", file=sys.stderr)
     return 0

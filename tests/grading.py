@@ -98,6 +98,18 @@ def caught_by(path: Path) -> list[str]:
     return [name.strip() for name in m.group(1).split(",")] if m else []
 
 
+def mistake_line(path: Path) -> str:
+    """The one line a mutant's docstring starts with, without its `Mistake:` label."""
+    m = re.search(r"^(?:\"\"\")?Mistake:\s*(.+)$", path.read_text(), re.MULTILINE)
+    return m.group(1).strip() if m else ""
+
+
+def hint_numbers(path: Path) -> list[int]:
+    """The `make hint` numbers a mutant's `hint:` line names (none for `hint: none`)."""
+    m = re.search(r"^hint:\s*(.+)$", path.read_text(), re.MULTILINE)
+    return [int(n) for n in re.findall(r"\d+", m.group(1))] if m else []
+
+
 def examples(kind: str) -> list[tuple[str, Path]]:
     """(topic, file) for every file under tests/<kind>/<topic>/."""
     return [(t.name, p) for t in course.topics() for p in sorted((TESTS / kind / t.name).glob("*.*")) if p.suffix in (".py", ".diff")]

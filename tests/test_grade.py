@@ -244,6 +244,19 @@ def test_csv_and_gradescope_formats(graded):
     assert (out / "feedback" / "scaling_forgotten.md").read_text().startswith("# Feedback for scaling_forgotten")
 
 
+def test_known_mistakes_reach_feedback_results_and_the_class_summary(graded):
+    """scaling_forgotten hands in the no_scaling mutant: its mistake is named where the
+    student and the instructor look; the stub and the honest solution get none."""
+    _, out, proc, *_ = graded
+    topics = {sid: json.loads((out / "results" / f"{sid}.json").read_text())["extra_data"]["topics"][0] for sid in ("scaling_forgotten", "not_begun", "honest")}
+    assert [m["name"] for m in topics["scaling_forgotten"]["mistakes"]] == ["no_scaling"]
+    assert topics["not_begun"]["mistakes"] == [] and topics["honest"]["mistakes"] == []
+    assert "Looks like a known mistake: **no_scaling**" in (out / "feedback" / "scaling_forgotten.md").read_text()
+    table = list(csv.DictReader((out / "mistakes.csv").open()))
+    assert {"topic": "attention", "mistake": "no_scaling"}.items() <= next(r for r in table if r["mistake"] == "no_scaling").items()
+    assert "attention: no_scaling (" in proc.stderr
+
+
 def test_partial_credit_is_the_sum_of_passing_checks(graded):
     _, out, *_ = graded
     data = json.loads((out / "results" / "scaling_forgotten.json").read_text())

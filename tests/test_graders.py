@@ -6,12 +6,14 @@ process, as a learner does; mutants and variants by the same grader run in-proce
 from __future__ import annotations
 
 import ast
+import json
 import re
 
 import pytest
 
-from kata import course, learner
-from tests.grading import ROOT, StaleMutant, caught_by, examples, grade, grade_in_process, mutant_source, submission
+from kata import course, learner, mistakes
+from kata.checks import pick_device
+from tests.grading import DEVICE, ROOT, StaleMutant, caught_by, examples, grade, grade_in_process, mutant_source, submission
 
 TOPICS = course.topic_names()
 MUTANTS = examples("mutants")
@@ -77,6 +79,19 @@ def test_mutant_is_caught(topic, path, tmp_path, pytester):
             c for c in graded.failing() if c["name"].split("[")[0] == check and c["verdict"] != "not started"
         ]
         assert caught, f"{check} let {path.name} through:\n{graded.explain()}"
+    # The same grading is also a behavioural check of the committed fingerprint, on these
+    # checks: a change to the engine that changes verdicts shows here. (Fingerprints are
+    # made on the CPU; a GPU's low-precision kernels may fail other cases.)
+    if pick_device(DEVICE).type != "cpu":
+        return
+    fingerprint = json.loads(mistakes.path_for(topic).read_text())["mistakes"].get(path.stem)
+    assert fingerprint is not None, f"no fingerprint for {path.name}: run `make fingerprints topics={topic}`"
+    for c in graded.checks:
+        if c["verdict"] not in mistakes.TIMING:
+            recorded = fingerprint["fails"].get(c["name"], "passed")
+            assert recorded == c["verdict"] or (recorded == "passed" and c["verdict"] in mistakes.SILENT), (
+                f"{c['name']}: {c['verdict']} now, {recorded} in graders/fingerprints/{topic}.json: run `make fingerprints topics={topic}`"
+            )
 
 
 @pytest.mark.parametrize(("topic", "path"), VARIANTS, ids=ids(VARIANTS))

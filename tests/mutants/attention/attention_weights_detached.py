@@ -1,6 +1,7 @@
 """Mistake: the softmax weights are .detach()ed, so values are right but no gradient flows back to q and k.
 
 caught-by: test_gradients_match_torch, test_mha_gradients_reach_parameters
+hint: 5
 """
 
 from __future__ import annotations

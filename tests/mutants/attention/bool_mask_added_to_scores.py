@@ -1,6 +1,7 @@
 """Mistake: a bool mask is added to the scores like a float mask, adding 1 where allowed instead of -inf where blocked.
 
 caught-by: test_matches_torch, test_mha_matches_torch
+hint: 3
 """
 
 from __future__ import annotations

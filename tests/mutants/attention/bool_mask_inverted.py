@@ -1,6 +1,7 @@
 """Mistake: a bool mask is read as True = blocked, the opposite of torch's True = may attend.
 
 caught-by: test_matches_torch, test_mha_matches_torch
+hint: 3
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: with is_causal, a bool mask is combined with the causal mask by `|`, so a key either mask allows is attended.
 
 caught-by: test_matches_torch, test_gradients_match_torch
+hint: 4
 """
 
 from __future__ import annotations

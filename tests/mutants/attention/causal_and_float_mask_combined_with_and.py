@@ -1,6 +1,7 @@
 """Mistake: with is_causal, a float mask is combined with the causal mask by `&` as if it were bool, which fails.
 
 caught-by: test_matches_torch
+hint: 4
 """
 
 from __future__ import annotations

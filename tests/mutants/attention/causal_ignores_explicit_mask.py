@@ -1,6 +1,7 @@
 """Mistake: when is_causal and a mask are both given, the causal mask replaces the caller's mask instead of combining with it.
 
 caught-by: test_matches_torch
+hint: 4
 """
 
 from __future__ import annotations

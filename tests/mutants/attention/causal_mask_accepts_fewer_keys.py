@@ -1,6 +1,7 @@
 """Mistake: causal_mask does not raise ValueError when t_k < t_q.
 
 caught-by: test_causal_mask_rejects_fewer_keys_than_queries
+hint: 1
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: causal_mask never fills in t_k = t_q when t_k is left out.
 
 caught-by: test_causal_mask_square
+hint: 1
 """
 
 from __future__ import annotations

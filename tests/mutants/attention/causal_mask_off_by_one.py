@@ -1,6 +1,7 @@
 """Mistake: the causal mask excludes the diagonal, so query i attends keys j < i + offset instead of j <= i + offset.
 
 caught-by: test_causal_mask_square, test_causal_mask_is_bottom_right, test_matches_torch
+hint: 1
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: causal_mask returns a float tensor of 0s and 1s instead of a bool mask.
 
 caught-by: test_causal_mask_square, test_causal_mask_is_bottom_right
+hint: 1
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: the causal mask is tril(diagonal=0) whatever t_k - t_q is, so it is aligned top-left instead of bottom-right.
 
 caught-by: test_causal_mask_is_bottom_right, test_matches_torch
+hint: 1
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: every mask goes through masked_fill(mask == 0, -inf), so a float mask is never added to the scores.
 
 caught-by: test_matches_torch, test_mha_matches_torch, test_gradients_match_torch
+hint: 3
 """
 
 from __future__ import annotations

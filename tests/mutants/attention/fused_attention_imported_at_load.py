@@ -1,6 +1,7 @@
 """Mistake: torch's fused attention is imported under another name at load time and does the work.
 
 caught-by: test_matches_torch, test_mha_matches_torch, test_no_loop_over_batch_or_heads, test_no_loop_over_positions, test_speed, test_mha_speed, test_mha_no_loop_over_batch_or_heads
+hint: 2, 5
 """
 
 from __future__ import annotations

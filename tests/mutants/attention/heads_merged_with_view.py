@@ -1,6 +1,7 @@
 """Mistake: MultiHeadAttention merges the heads with .view after transpose, which fails on the non-contiguous tensor.
 
 caught-by: test_mha_matches_torch, test_mha_gradients_reach_parameters
+hint: 8
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Mistake: MultiHeadAttention merges the heads with y.reshape(B, T, d_model) without first moving heads back after time.
 
 caught-by: test_mha_matches_torch, test_mha_gradients_reach_parameters
+hint: 8
+same-mistake-as: heads_split_by_view_without_transpose
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: MultiHeadAttention splits d_model into (B, T, h, hs) but never moves heads before time, so attention runs across heads.
 
 caught-by: test_mha_matches_torch, test_mha_gradients_reach_parameters
+hint: 7
 """
 
 from __future__ import annotations

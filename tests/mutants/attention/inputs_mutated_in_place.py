@@ -1,6 +1,7 @@
 """Mistake: the queries are scaled in place with q *= scale, overwriting the caller's tensor.
 
 caught-by: test_matches_torch, test_low_precision
+hint: 2, 4
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: k^T is taken with reshape(..., d, t_k), which reorders memory instead of transposing.
 
 caught-by: test_matches_torch, test_mha_matches_torch
+hint: 2
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: correct values, but each query's output row is computed on its own in a Python loop over t_q and appended to the output with torch.cat.
 
 caught-by: test_no_loop_over_positions
+hint: 2, 5
 """
 
 from __future__ import annotations

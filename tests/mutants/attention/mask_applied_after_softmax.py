@@ -1,6 +1,7 @@
 """Mistake: a bool mask zeroes the weights after the softmax, so the remaining weights no longer sum to 1.
 
 caught-by: test_matches_torch, test_mha_matches_torch
+hint: 3
 """
 
 from __future__ import annotations

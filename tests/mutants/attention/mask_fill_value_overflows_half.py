@@ -1,6 +1,7 @@
 """Mistake: blocked scores are filled with -1e9 instead of -inf, which does not fit in float16.
 
 caught-by: test_low_precision, test_mha_low_precision
+hint: 3
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: with is_causal, the causal -inf entries are written into the caller's float mask with masked_fill_.
 
 caught-by: test_matches_torch
+hint: 4
 """
 
 from __future__ import annotations

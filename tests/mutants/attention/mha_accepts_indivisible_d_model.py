@@ -1,6 +1,7 @@
 """Mistake: MultiHeadAttention does not raise ValueError when d_model is not divisible by n_heads.
 
 caught-by: test_mha_rejects_indivisible_d_model
+hint: none
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: MultiHeadAttention registers an extra learned scale parameter besides the four projections.
 
 caught-by: test_mha_layout
+hint: none
 """
 
 from __future__ import annotations

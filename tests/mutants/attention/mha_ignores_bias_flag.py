@@ -1,6 +1,7 @@
 """Mistake: MultiHeadAttention always gives its projections a bias, whatever `bias` says.
 
 caught-by: test_mha_layout
+hint: none
 """
 
 from __future__ import annotations

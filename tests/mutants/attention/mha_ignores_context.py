@@ -1,6 +1,7 @@
 """Mistake: cross-attention keys and values are computed from x instead of from context.
 
 caught-by: test_mha_matches_torch, test_mha_gradients_reach_parameters
+hint: 7
 """
 
 from __future__ import annotations

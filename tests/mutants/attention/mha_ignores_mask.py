@@ -1,6 +1,7 @@
 """Mistake: MultiHeadAttention never passes the caller's mask on to the attention.
 
 caught-by: test_mha_matches_torch, test_mha_gradients_reach_parameters
+hint: 7
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: MultiHeadAttention scales the scores by 1/sqrt(d_model) instead of 1/sqrt(head size).
 
 caught-by: test_mha_matches_torch, test_mha_gradients_reach_parameters
+hint: 2, 7
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: MultiHeadAttention creates out_proj but returns the merged heads without applying it.
 
 caught-by: test_mha_matches_torch, test_mha_gradients_reach_parameters
+hint: 8
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: q, k and v are each flattened to (-1, t, d) for torch.bmm, which assumes they share their leading dims instead of broadcasting them.
 
 caught-by: test_matches_torch, test_gradients_match_torch
+hint: 2
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: the scores q @ k^T are never multiplied by 1/sqrt(d) (nor by `scale`).
 
 caught-by: test_matches_torch, test_mha_matches_torch
+hint: 2
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: bf16/fp16 inputs are upcast to float32 for the computation and the float32 result is returned as is.
 
 caught-by: test_low_precision, test_mha_low_precision
+hint: 6
 """
 
 from __future__ import annotations

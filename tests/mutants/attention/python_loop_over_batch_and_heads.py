@@ -1,6 +1,7 @@
 """Mistake: correct values, but the attention runs one (batch, head) slice at a time in a Python loop.
 
 caught-by: test_no_loop_over_batch_or_heads, test_mha_no_loop_over_batch_or_heads
+hint: 2
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Mistake: the scores are divided by `scale` (default sqrt(d)) instead of multiplied, so only the default scale is right.
 
 caught-by: test_matches_torch
+hint: 2
+same-mistake-as: scale_argument_ignored
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: the `scale` argument is ignored and 1/sqrt(d) is always used.
 
 caught-by: test_matches_torch
+hint: 2
 """
 
 from __future__ import annotations

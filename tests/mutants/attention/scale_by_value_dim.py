@@ -1,6 +1,7 @@
 """Mistake: the default scale is 1/sqrt(v.shape[-1]) instead of 1/sqrt(q.shape[-1]).
 
 caught-by: test_matches_torch, test_gradients_match_torch
+hint: 2
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: the softmax is written as exp(s) / sum(exp(s)) without subtracting the row maximum, so large scores overflow to inf and give nan.
 
 caught-by: test_matches_torch
+hint: 5
 """
 
 from __future__ import annotations

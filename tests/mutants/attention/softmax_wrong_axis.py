@@ -1,6 +1,7 @@
 """Mistake: the softmax normalises over the queries (dim=-2) instead of over the keys (dim=-1).
 
 caught-by: test_matches_torch, test_mha_matches_torch
+hint: 5
 """
 
 from __future__ import annotations

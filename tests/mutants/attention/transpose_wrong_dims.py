@@ -1,6 +1,7 @@
 """Mistake: k is transposed with k.transpose(1, 2), which swaps the last two dims only for 3-D inputs.
 
 caught-by: test_matches_torch, test_mha_matches_torch
+hint: 2
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Mistake: the gradient is clipped after optimizer.step(), so the step uses the unclipped gradient.
 
 caught-by: test_step_matches_full_batch
+hint: 4
+same-mistake-as: never_clips
 """
 
 from __future__ import annotations

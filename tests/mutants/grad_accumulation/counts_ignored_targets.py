@@ -1,6 +1,7 @@
 """Mistake: the mean divides by every target, padding included, instead of by the real targets.
 
 caught-by: test_step_matches_full_batch, test_returns_full_batch_loss
+hint: 2
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: train_epoch drops the last group when it holds fewer than accumulation_steps batches.
 
 caught-by: test_train_epoch_matches_full_batch_steps
+hint: 5
 """
 
 from __future__ import annotations

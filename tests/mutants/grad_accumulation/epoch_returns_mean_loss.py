@@ -1,6 +1,7 @@
 """Mistake: train_epoch returns the mean of the step losses instead of one loss per step.
 
 caught-by: test_train_epoch_matches_full_batch_steps
+hint: 5
 """
 
 from __future__ import annotations

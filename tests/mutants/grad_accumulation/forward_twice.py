@@ -1,6 +1,8 @@
 """Mistake: each micro-batch is run through the model twice: once under no_grad for the reported loss, once for the gradient.
 
 caught-by: test_model_sees_one_micro_batch_at_a_time
+hint: 4
+same-mistake-as: micro_batches_concatenated
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: the ignore_index argument is ignored: -100 is hard-coded.
 
 caught-by: test_step_matches_full_batch, test_returns_full_batch_loss
+hint: 2, 3
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: (B, T, C) logits go to F.cross_entropy unflattened, which reads dim 1 as the classes.
 
 caught-by: test_step_matches_full_batch
+hint: 3
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: each micro-batch's mean loss is backpropagated unscaled, so the gradient is the sum of the micro-batch means.
 
 caught-by: test_step_matches_full_batch
+hint: 2
 """
 
 from __future__ import annotations

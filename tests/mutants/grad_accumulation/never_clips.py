@@ -1,6 +1,7 @@
 """Mistake: max_grad_norm is ignored: the gradient is never clipped.
 
 caught-by: test_step_matches_full_batch
+hint: 4
 """
 
 from __future__ import annotations

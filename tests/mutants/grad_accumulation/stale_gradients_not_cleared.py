@@ -1,6 +1,7 @@
 """Mistake: gradients left in .grad before the call are never cleared, so they are added into the step.
 
 caught-by: test_clears_stale_gradients, test_train_epoch_matches_full_batch_steps
+hint: 4
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: a custom ignore_index is handled by overwriting the caller's targets in place with -100.
 
 caught-by: test_step_matches_full_batch, test_returns_full_batch_loss
+hint: 3
 """
 
 from __future__ import annotations

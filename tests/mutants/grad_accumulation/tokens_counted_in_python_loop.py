@@ -1,6 +1,7 @@
 """Mistake: the real targets are counted one element at a time in a Python loop.
 
 caught-by: test_no_loop_over_samples
+hint: 2
 """
 
 from __future__ import annotations

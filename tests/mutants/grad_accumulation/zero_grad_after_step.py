@@ -1,6 +1,7 @@
 """Mistake: gradients are cleared after the step as well, so .grad no longer holds the full-batch gradient after the call.
 
 caught-by: test_step_matches_full_batch
+hint: 4
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Mistake: gradients are cleared at the start of every micro-batch, so only the last micro-batch's gradient survives.
 
 caught-by: test_step_matches_full_batch
+hint: 4
 """
 
 from __future__ import annotations
