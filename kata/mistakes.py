@@ -44,6 +44,13 @@ class Mistake:
     hints: tuple[int, ...]  # `make hint topic=T n=N` numbers
     fails: dict  # check name -> verdict, for every check the mutant fails
 
+    def signature(self, ran: set[str] | None = None) -> frozenset[tuple[str, str]]:
+        """What a diagnosis compares: its (check, verdict) failures, timing left out, over `ran`."""
+        return frozenset(
+            (name, verdict) for name, verdict in self.fails.items()
+            if verdict not in TIMING and (ran is None or name in ran)
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Diagnosis:
@@ -86,8 +93,7 @@ def rank(checks: list[dict], mistakes: list[Mistake], universe: set[str]) -> lis
     mine = failures(checks, universe)
     out = []
     for m in mistakes:
-        theirs = frozenset((name, verdict) for name, verdict in m.fails.items() if name in ran and verdict not in TIMING)
-        out.append(Diagnosis(m, similarity(mine, theirs)))
+        out.append(Diagnosis(m, similarity(mine, m.signature(ran))))
     return sorted(out, key=lambda d: (-d.similarity, d.mistake.name))
 
 

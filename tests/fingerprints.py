@@ -138,11 +138,6 @@ def family(m: mistakes.Mistake, library: dict) -> str:
     return library[m.name].get("same_mistake_as") or m.name
 
 
-def comparable(m: mistakes.Mistake) -> frozenset:
-    """What the diagnosis compares of a mutant's failures."""
-    return frozenset((name, verdict) for name, verdict in m.fails.items() if verdict not in mistakes.TIMING)
-
-
 def leave_one_out(topic: str, threshold: float) -> dict:
     """Each mutant's failures diagnosed against the others' fingerprints."""
     found, universe = mistakes.load(topic)
@@ -163,7 +158,7 @@ def leave_one_out(topic: str, threshold: float) -> dict:
                 covered += bool(same)
             else:
                 wrong_names.append(f"{held.name} -> {', '.join(d.mistake.name for d in shown)}")
-                if any(comparable(d.mistake) != comparable(held) for d in shown):
+                if any(d.mistake.signature() != held.signature() for d in shown):
                     distinguishable.append(wrong_names[-1])
     return {"mutants": len(found), "printed": printed, "right": right, "with_a_twin": should, "twins_named": covered,
             "wrong": wrong_names, "wrong_but_distinguishable": distinguishable}  # fmt: skip

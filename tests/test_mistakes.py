@@ -51,7 +51,7 @@ def test_every_mutant_is_named_by_its_own_failures(topic):
         if not any(v in mistakes.SIGNAL for v in m.fails.values()):
             assert shown == [], f"{m.name} fails only by crashing, yet is diagnosed"
             continue
-        twins = sorted(o.name for o in found if fingerprints.comparable(o) == fingerprints.comparable(m))
+        twins = sorted(o.name for o in found if o.signature() == m.signature())
         names = sorted(d.mistake.name for d in shown)
         if m.name not in names or (len(twins) <= mistakes.MAX_SHOWN and names != twins):
             problems.append(f"{m.name}: named {names or 'nothing'}, fails exactly as {twins}")
