@@ -6,7 +6,7 @@
 #   make reset topic=T   restore the stub (your file is backed up);  make notebook topic=T: a paired notebook
 #   make solutions-branch  the git branch 'solutions', exercises/ holding the answers (work tree untouched)
 #   make test            the project's own tests (graders vs solutions, stubs, mutants, variants)
-#   make stubs           regenerate exercises/ stubs from solutions/ (backs up any file it replaces)
+#   make stubs [topics=a,b]  regenerate exercises/ stubs from solutions/ (backs up any file it replaces)
 #   make fingerprints [topics=a,b]  grade every mutant on every check: graders/fingerprints/,
 #                        the known-mistake diagnosis and the topic READMEs' "Common mistakes"
 #   make grade submissions=DIR [out=DIR] [topics=a,b] [jobs=N] [hidden=DIR] [force=1] [require_sandbox=1]
@@ -91,7 +91,7 @@ nbgrader: $(VENV)/.installed
 	@$(PY) -m kata nbgrader --out "$(course)" --topics "$(topics)"
 
 stubs: $(VENV)/.installed
-	@$(PY) -m kata stubs
+	@$(PY) -m kata stubs $(if $(topics),--topics $(topics))
 
 fingerprints: $(VENV)/.installed
 	@$(PY) -m tests.fingerprints $(if $(topics),--topics $(topics))

@@ -91,7 +91,12 @@ def cmd_stubs(args) -> int:
         for path in bad:
             print(f"{path.relative_to(course.ROOT)} is out of step with its solution: run `make stubs`")
         return 1 if bad else 0
-    for line in stubs.write_stubs() or ["stubs are up to date"]:
+    try:
+        names = [course.get(n.strip()).name for n in args.topics.split(",") if n.strip()]
+    except course.UnknownTopic as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for line in stubs.write_stubs(names) or ["stubs are up to date"]:
         print(line)
     return 0
 
@@ -242,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("stubs", help="regenerate exercises/ stubs from solutions/")
     p.add_argument("--check", action="store_true", help="only report stubs that are out of step; exit 1 if any")
+    p.add_argument("--topics", default="", help="comma-separated topics whose stubs to write (default: every topic)")
     p.set_defaults(func=cmd_stubs)
 
     def grading_options(p):

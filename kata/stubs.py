@@ -63,9 +63,12 @@ def make_stub(source: str, topic: str, filename: str = "<solution>") -> str:
     return "".join(out)
 
 
-def expected_stubs() -> dict[Path, str]:
+def expected_stubs(names=None) -> dict[Path, str]:
+    """The stub each solution generates: of every topic, or of the topics named."""
     stubs = {}
     for topic in course.topics():
+        if names and topic.name not in names:
+            continue
         solution = topic.file_in(course.SOLUTIONS)
         stubs[topic.file_in(course.EXERCISES)] = make_stub(solution.read_text(), topic.name, str(solution))
     return stubs
@@ -89,11 +92,11 @@ def backup(path: Path, topic: str) -> Path:
     return target
 
 
-def write_stubs() -> list[str]:
-    """Regenerate every stub. A file that differs from its new stub is backed up first:
-    it may hold a learner's work."""
+def write_stubs(names=None) -> list[str]:
+    """Regenerate every stub (or those of the topics named). A file that differs from its
+    new stub is backed up first: it may hold a learner's work."""
     messages = []
-    for path, text in expected_stubs().items():
+    for path, text in expected_stubs(names).items():
         if path.is_file() and path.read_text() == text:
             continue
         if path.is_file():
