@@ -187,6 +187,18 @@ def test_low_precision(attention, device, case, dtype):
     expect_close(got, want, what=what, dtype=dtype, device=device, baseline=baseline)
 
 
+@pytest.mark.parametrize("case", ["bool_padding_mask", "causal_and_bool_mask"])
+def test_masked_weights_sum_to_one(attention, device, case):
+    """Attention is an average of the values: with every value 1, every output is 1, masked
+    or not. Weights zeroed after the softmax no longer sum to 1 and fall short of it."""
+    args, kwargs = sdpa_case(case, device)
+    q, k, v, mask = args
+    args = (q, k, torch.ones_like(v), mask)
+    what = describe_call("scaled_dot_product_attention", *args, **kwargs) + " with every value 1"
+    got = rules.call(attention.scaled_dot_product_attention, *args, what=what, **kwargs)
+    expect_close(got, torch.ones(output_shape(*args[:3]), dtype=torch.float64), what=what, dtype=torch.float32, device=device)
+
+
 @pytest.mark.parametrize("case", ["causal_and_bool_mask", "fewer_queries_than_keys", "float_mask", "broadcast_leading_dims"])
 def test_gradients_match_torch(attention, device, case):
     args, kwargs = sdpa_case(case, device)
@@ -347,6 +359,22 @@ def test_mha_matches_torch(attention, device, case):
     d_model, n_heads, bias, x, context, kwargs = mha_case(case, device)
     mha = make_mha(attention, d_model, n_heads, device, bias=bias)
     got, what = call_mha(mha, x, context, kwargs)
+    want, _ = torch_mha(mha, x, context, **kwargs)
+    baseline, _ = torch_mha(mha, x, context, **kwargs, dtype=torch.float32)
+    expect_close(got, want, what=what, dtype=torch.float32, device=device, baseline=baseline)
+
+
+@pytest.mark.parametrize("case", ["self", "cross_attention"])
+def test_mha_heads_keep_their_own_values(attention, device, case):
+    """With the query projection zeroed every score is 0, so each query averages its head's
+    values whatever the scale: what is left is that each head reads and writes its own slice
+    of the model dimension (heads split and merged with the transpose)."""
+    d_model, n_heads, bias, x, context, kwargs = mha_case(case, device)
+    mha = make_mha(attention, d_model, n_heads, device, bias=bias)
+    zeros = torch.zeros(d_model, d_model, device=device)
+    rules.call(harness.assign_parameters, mha, {"q_proj.weight": zeros, "q_proj.bias": zeros[0]})
+    got, what = call_mha(mha, x, context, kwargs)
+    what += " with q_proj zeroed (every query attends uniformly)"
     want, _ = torch_mha(mha, x, context, **kwargs)
     baseline, _ = torch_mha(mha, x, context, **kwargs, dtype=torch.float32)
     expect_close(got, want, what=what, dtype=torch.float32, device=device, baseline=baseline)

@@ -131,6 +131,9 @@ STEP_CASES = {
     "clipping_bites": ("lm", [[5, 2], [1, 4, 3], [5]], -100, 0.05),
     "clipping_does_not_bite": ("lm", [[5, 2], [1, 4, 3], [5]], -100, 1e3),
     "clipping_bites_unequal_sizes": ("classifier", [[1, 1], [1, 0, 1, 1, 1], [0, 1, 1]], -100, 0.05),
+    # One real micro-batch, then one that is all padding: adding up unscaled means is right
+    # here (there is one mean), keeping only the last micro-batch's gradient is not.
+    "last_micro_batch_without_real_tokens": ("lm", [[5, 3, 2], [0, 0]], -100, None),
 }
 
 

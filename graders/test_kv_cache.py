@@ -149,13 +149,20 @@ CACHED = pytest.mark.parametrize("use_cache", [True, False], ids=["cached", "unc
 # ---------------------------------------------------------------- KVCache
 
 
-def test_update_returns_all_stored_keys_and_values(kv, device):
-    """Chunks of t = 3, 2 (non-contiguous), then t = 1 three times: each update returns every position so far."""
+# Chunks of t = 3, 2 (the 2 non-contiguous), then t = 1 three times; and one position per
+# update, as decoding writes them (where advancing length by 1 whatever t is happens to be
+# right, and never advancing it is not).
+UPDATE_SCHEDULES = {"chunks": [3, 2, 1, 1, 1], "one_at_a_time": [1, 1, 1, 1]}
+
+
+@pytest.mark.parametrize("schedule", list(UPDATE_SCHEDULES))
+def test_update_returns_all_stored_keys_and_values(kv, device, schedule):
+    """Each update returns every position so far, in order."""
     cache = new_cache(kv, 10, device=device)
     written_k, written_v, done = [], [], []
-    for step, t in enumerate([3, 2, 1, 1, 1]):
+    for step, t in enumerate(UPDATE_SCHEDULES[schedule]):
         k, v = kv_chunk(t, seed=step, device=device)
-        if step == 1:  # as the model passes them: views out of a permuted qkv projection
+        if step == 1 and t > 1:  # as the model passes them: views out of a permuted qkv projection
             k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (k, v))
         written_k.append(k)
         written_v.append(v)
@@ -240,13 +247,29 @@ def whole_storage(t: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("stored, t, max_len", [(6, 3, 8), (0, 5, 4)], ids=["3 more after 6 of 8", "5 into empty 4"])
 def test_update_past_capacity_raises(kv, device, stored, t, max_len):
-    """Writing past max_seq_len raises ValueError and leaves the cache exactly as it was."""
+    """Writing past max_seq_len raises ValueError (not whatever torch raises on the write)."""
+    cache, _, _, _ = filled_cache(kv, stored, max_len, device)
+    k, v = kv_chunk(t, seed=11, device=device)
+    rules.expect_raises(ValueError, cache.update, k, v, what=f"KVCache(2, 3, {max_len}, 4) holding {stored}: update with t={t}")
+
+
+@pytest.mark.parametrize("stored, t, max_len", [(6, 3, 8), (0, 5, 4)], ids=["3 more after 6 of 8", "5 into empty 4"])
+def test_refused_update_leaves_the_cache_unchanged(kv, device, stored, t, max_len):
+    """After a refused write past max_seq_len (whatever it raised: the check above says which
+    error it must be), length, storage and the room left are exactly as before."""
     cache, k0, v0, returned = filled_cache(kv, stored, max_len, device)
     # The storage behind the stored positions, every byte of it, before the refused write.
     saved = [(name, x, whole_storage(x)) for name, x in zip(("keys", "values"), returned or ())]
     k, v = kv_chunk(t, seed=11, device=device)
     what = f"KVCache(2, 3, {max_len}, 4) holding {stored}: update with t={t}"
-    rules.expect_raises(ValueError, cache.update, k, v, what=what)
+    try:
+        rules.call(cache.update, k, v, what=what)
+    except (NotImplementedError, checks.RuleBroken):
+        raise
+    except Exception:  # noqa: BLE001 - refused, as it must be; the kind is another check's
+        pass
+    else:
+        raise checks.Wrong(f"{what} did not raise: a write past max_seq_len must be refused")
     if cache.length != stored:
         raise checks.Wrong(f"after the refused {what}, cache.length is {cache.length!r}; expected {stored} (unchanged)")
     for name, x, before in saved:
@@ -352,6 +375,19 @@ def test_low_precision(kv, device, dtype):
     check_attend(kv, device, 4, 3, dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_output_keeps_the_dtype(kv, device, dtype):
+    """attend_with_cache returns q's dtype: computing in float32 inside is fine, returning it is not."""
+    checks.need_dtype(dtype, device)
+    q = randn(B, H, 3, D, seed=20, device=device, dtype=dtype)
+    k, v = kv_chunk(3, seed=21, device=device, dtype=dtype)
+    cache, _, _, _ = filled_cache(kv, 4, 10, device, dtype)
+    what = describe_call("attend_with_cache", q, k, v) + " with a cache holding 4 positions"
+    got = rules.call(kv.attend_with_cache, q, k, v, cache, what=what)
+    if not isinstance(got, torch.Tensor) or got.dtype != dtype:
+        raise checks.Wrong(f"{what} returned {checks.describe(got)}; expected {dtype}, q's dtype")
+
+
 # ---------------------------------------------------------------- the model with caches
 
 
@@ -448,8 +484,24 @@ def test_generate_calls_model_once_per_new_token(kv, device, use_cache):
         raise checks.Wrong(f"{what} called the model {len(got)} times with\n  {got}\nexpected {how}\n  {want}")
 
 
-@CACHED
-def test_generate_runs_in_eval_mode_without_grad(kv, device, use_cache):
+def test_generate_prefills_the_prompt_in_one_call(kv, device):
+    """Cached: the first model call takes the whole prompt into empty caches (one prefill)."""
+    model = make_model(kv, device)
+    done = record_calls(model)
+    try:
+        _, what = call_generate(kv, model, prompt_ids(2, 5, 64, device), 3, True)
+    finally:
+        calls = done()
+    first = [(shape, length) for shape, length, _, _ in calls[:1]]
+    if first != [((2, 5), 0)]:
+        raise checks.Wrong(
+            f"{what} first called the model with (ids shape, cache length) {first[0] if first else 'never'}; "
+            "expected ((2, 5), 0): the whole prompt into the empty caches in one call"
+        )
+
+
+def generate_calls(kv, device, use_cache):
+    """The model calls of a generate on a model left in training mode: (calls, what)."""
     model = make_model(kv, device).train()
     done = record_calls(model)
     try:
@@ -458,8 +510,19 @@ def test_generate_runs_in_eval_mode_without_grad(kv, device, use_cache):
         calls = done()
     if not calls:
         raise checks.Wrong(f"{what} never called the model")
+    return calls, what
+
+
+@CACHED
+def test_generate_runs_in_eval_mode(kv, device, use_cache):
+    calls, what = generate_calls(kv, device, use_cache)
     if any(training for _, _, training, _ in calls):
         raise checks.Wrong(f"{what} ran a model in training mode: call model.eval() first")
+
+
+@CACHED
+def test_generate_runs_without_grad(kv, device, use_cache):
+    calls, what = generate_calls(kv, device, use_cache)
     if any(grad for _, _, _, grad in calls):
         raise checks.Wrong(f"{what} ran the model with autograd recording: run it under torch.no_grad()")
 

@@ -266,17 +266,34 @@ def test_rejects_bad_arguments(sampling, device, case):
 # ---------------------------------------------------------------- sample: shape, greedy, nucleus
 
 
-@pytest.mark.parametrize("case", ["2d", "3d", "4d", "1d", "non_contiguous"])
-def test_sample_shape_and_dtype(sampling, device, case):
-    """int64 ids of shape logits.shape[:-1] (0-d for one row of logits), valid token ids."""
+def sample_ids(sampling, case, device):
     logits = logits_case(case, device)
     gen = torch.Generator(device=device).manual_seed(0)
     kwargs = {"temperature": 0.8, "top_k": 10, "top_p": 0.9, "generator": gen}
     what = describe_call("sample", logits, **kwargs)
     got = rules.call(sampling.sample, logits, what=what, **kwargs)
-    checks.expect_tensor(got, shape=logits.shape[:-1], dtype=torch.int64, device=device, what=what)
+    if not isinstance(got, torch.Tensor):
+        raise checks.Wrong(f"{what} returned {type(got).__name__}, expected a Tensor")
+    return logits, got, what
+
+
+# Shape and dtype are two checks: each mistake fails its own (and the value checks, which
+# check both), so `make check` can tell which one was made.
+@pytest.mark.parametrize("case", ["2d", "3d", "4d", "1d", "non_contiguous"])
+def test_sample_shape(sampling, device, case):
+    """ids of shape logits.shape[:-1] (0-d for one row of logits), on logits' device, valid token ids."""
+    logits, got, what = sample_ids(sampling, case, device)
+    checks.expect_tensor(got, shape=logits.shape[:-1], dtype=got.dtype, device=device, what=what)
     if got.numel() and not ((got >= 0) & (got < logits.shape[-1])).all():
         raise checks.Wrong(f"{what} returned ids outside [0, {logits.shape[-1]}): {got.cpu().tolist()}")
+
+
+@pytest.mark.parametrize("case", ["2d", "1d"])
+def test_sample_returns_int64(sampling, device, case):
+    """int64 ids, torch's dtype for indices (what multinomial, argmax and nn.Embedding use)."""
+    _, got, what = sample_ids(sampling, case, device)
+    if got.dtype != torch.int64:
+        raise checks.Wrong(f"{what} returned dtype {got.dtype}, expected torch.int64")
 
 
 GREEDY_CASES = {
@@ -359,7 +376,7 @@ def test_sample_never_leaves_the_nucleus(sampling, device, case):
 # MIN_EXPECTED times are pooled into one bin so the chi-square approximation holds. The
 # draws use a seeded generator, so the verdict is the same on every run; over random
 # seeds, a correct implementation would fail a row with probability about SIGNIFICANCE,
-# so this whole check (13 cases of 3 rows) about 4e-5 of the time.
+# so this whole check (14 cases of 3 rows) about 4e-5 of the time.
 DRAWS = 20_000
 MIN_EXPECTED = 20
 SIGNIFICANCE = 1e-6
@@ -374,6 +391,9 @@ DISTRIBUTION_CASES = {
     "cold_top_p": ({"temperature": 0.6, "top_p": 0.9}, torch.float32),
     "top_k_then_top_p": ({"top_k": 4, "top_p": 0.75}, torch.float32),
     "hot_top_k_top_p": ({"temperature": 1.5, "top_k": 6, "top_p": 0.7}, torch.float32),
+    # top_k of every token keeps them all, so top_p alone decides: applying only one of the
+    # two filters fails here, applying them in the wrong order does not.
+    "top_k_of_every_token_then_top_p": ({"top_k": 10, "top_p": 0.8}, torch.float32),
     "neg_inf_present": ({"top_p": 0.95}, torch.float32),
     "bfloat16": ({"temperature": 0.8, "top_p": 0.9}, torch.bfloat16),
     "float16": ({"temperature": 0.8, "top_k": 5}, torch.float16),

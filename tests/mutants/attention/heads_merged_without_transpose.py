@@ -1,6 +1,6 @@
 """Mistake: MultiHeadAttention merges the heads with y.reshape(B, T, d_model) without first moving heads back after time.
 
-caught-by: test_mha_matches_torch, test_mha_gradients_reach_parameters
+caught-by: test_mha_matches_torch, test_mha_gradients_reach_parameters, test_mha_heads_keep_their_own_values
 hint: 8
 same-mistake-as: heads_split_by_view_without_transpose
 """

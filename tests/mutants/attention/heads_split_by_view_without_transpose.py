@@ -1,6 +1,6 @@
 """Mistake: MultiHeadAttention splits heads with x.view(B, h, T, hs) straight from (B, T, d_model) and merges back with a plain view, scrambling time and features.
 
-caught-by: test_mha_matches_torch, test_mha_gradients_reach_parameters
+caught-by: test_mha_matches_torch, test_mha_gradients_reach_parameters, test_mha_heads_keep_their_own_values
 hint: 7, 8
 """
 

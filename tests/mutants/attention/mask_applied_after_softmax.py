@@ -1,6 +1,6 @@
 """Mistake: a bool mask zeroes the weights after the softmax, so the remaining weights no longer sum to 1.
 
-caught-by: test_matches_torch, test_mha_matches_torch
+caught-by: test_matches_torch, test_mha_matches_torch, test_masked_weights_sum_to_one
 hint: 3
 """
 
