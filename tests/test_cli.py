@@ -116,6 +116,7 @@ def test_other_verbs_refuse_bad_input_in_one_line(tmp_path):
         (("hint", "atention"), "did you mean 'attention'"),
         (("reset",), "no topic given"),
         (("nbgrader", "--topics", "nope"), "unknown topic 'nope'"),
+        (("stubs", "--topics", "atention"), "did you mean 'attention'"),
     ]
     for args, message in cases:
         proc = run_kata(*args)

@@ -79,3 +79,23 @@ def test_regenerating_backs_up_a_learners_file(tmp_path, monkeypatch):
     assert learner.read_text() == stubs.make_stub(SOLUTION, "attention")
     assert any("backed up" in m for m in messages)
     assert stubs.write_stubs() == []  # nothing to do the second time, and no second backup
+
+
+def test_regenerating_named_topics_touches_no_other(tmp_path, monkeypatch):
+    """`make stubs topics=a`: only a's stub is written; another topic's file, even one that
+    differs from its stub (a learner's work, or a topic being written), is left alone."""
+    exercises, solutions = tmp_path / "exercises", tmp_path / "solutions"
+    for topic in ("attention", "sampling"):
+        (solutions / topic).mkdir(parents=True)
+        (solutions / topic / f"{topic}.py").write_text(SOLUTION)
+        (exercises / topic).mkdir(parents=True)
+        (exercises / topic / f"{topic}.py").write_text("old\n")
+    monkeypatch.setattr(stubs.course, "EXERCISES", exercises)
+    monkeypatch.setattr(stubs.course, "SOLUTIONS", solutions)
+    monkeypatch.setattr(stubs.course, "ROOT", tmp_path)
+    monkeypatch.setattr(stubs, "BACKUPS", tmp_path / ".kata" / "backups")
+
+    stubs.write_stubs(["attention"])
+
+    assert (exercises / "attention" / "attention.py").read_text() == stubs.make_stub(SOLUTION, "attention")
+    assert (exercises / "sampling" / "sampling.py").read_text() == "old\n"
