@@ -230,7 +230,7 @@ def seed_executor(near, seed: int) -> None:
     """Reseed torch's global generator where `near` runs, before its next call."""
     ex = find_executor(near)
     if ex is None:
-        torch.manual_seed(seed)
+        harness.seed_torch(seed)
     else:
         ex.seed(seed)
 

@@ -195,7 +195,7 @@ class Server:
 def seed(value: int) -> None:
     """The random state a check starts from: the same verdict on every run for code that draws."""
     random.seed(value)
-    torch.manual_seed(value)
+    harness.seed_torch(value)
 
 
 def serve(sock: socket.socket, server: Server | None = None) -> None:

@@ -366,6 +366,25 @@ class Harness:
 # ---------------------------------------------------------------- helpers graders run in the executor
 
 
+@functools.cache
+def _lazily_seeded_devices() -> bool:
+    """Whether torch has a device whose generator torch.manual_seed seeds lazily."""
+    return torch.cuda.is_available() or torch.xpu.is_available() or torch.mtia.is_available()
+
+
+def seed_torch(value: int) -> None:
+    """torch.manual_seed(value), without its cost where it does nothing: for each of cuda,
+    xpu and mtia, even absent, it queues a lazy seeding and formats the caller's stack for
+    it (65 checks, each seeding judge and executor: about 0.25 s of an attention grading
+    on the loaded CI machine, deep in pytest's stack)."""
+    if _lazily_seeded_devices():
+        torch.manual_seed(value)
+        return
+    if torch.backends.mps.is_available():
+        torch.mps.manual_seed(value)
+    torch.default_generator.manual_seed(value)
+
+
 def assign_parameters(module: nn.Module, values: dict[str, Tensor]) -> None:
     """Copy `values` into the module's parameters of those names, in place (seeded weights)."""
     params = dict(module.named_parameters())

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kata import checks, course
+from kata import checks, course, harness
 from kata.files import write_atomically
 from kata.executor import Server
 from kata.judge import Executor, ExecutorDied, LearnerError, LoadTimeout
@@ -289,7 +289,7 @@ CHECK_SEED = 0
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item):
     random.seed(CHECK_SEED)
-    torch.manual_seed(CHECK_SEED)
+    harness.seed_torch(CHECK_SEED)
     executors = getattr(item.config, "kata_executors", None)
     if executors is not None:
         executors.seed(CHECK_SEED)
