@@ -121,12 +121,16 @@ def cmd_grade(args) -> int:
 
 def _grading_setup(args):
     """(topics, hidden, limits) from the options `grade` and `grade-one` share, or an error message."""
-    from kata import grade
-    from kata.checks import pick_device
+    from kata import grade, zygote
 
     try:
         names = [n.strip() for n in args.topics.split(",") if n.strip()] or course.topic_names()
         topics = [course.get(n) for n in names]
+        # Now, before this process imports torch (pick_device): the zygote's own imports run
+        # beside it, not after it (a second of every class's grading on 2 cores).
+        zygote.start(topics=topics)
+        from kata.checks import pick_device
+
         device = pick_device(args.device).type
     except (course.UnknownTopic, ValueError) as exc:
         return str(exc)
