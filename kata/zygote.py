@@ -37,9 +37,10 @@ ADDRESS_ENV = "KATA_ZYGOTE"
 # ---------------------------------------------------------------- the zygote process
 
 
-def _preload(full: bool, modules: list[str]) -> None:
+def _preload(full: bool, modules: list[str], topics: list[str] | None = None) -> None:
     """Import what every child needs, computing nothing: torch, pytest, the engine and the
     public graders (an executor imports its topic's grader for the helpers checks send it),
+    of the topics served (`topics`, default all: each grader is 10 to 50 ms of start-up),
     and `modules`, those the topics served need that torch imports on first use (their
     course.toml `preload`: torch._dynamo where optimizers step). `full` (a zygote for many
     gradings: watch, grade, the self-tests) also imports what only some need: torch's
@@ -70,6 +71,8 @@ def _preload(full: bool, modules: list[str]) -> None:
         import kata.cli  # noqa: F401
         import kata.plugin  # noqa: F401
     for topic in course.topics():
+        if topics is not None and topic.name not in topics:
+            continue
         name = topic.grader.stem
         if name not in sys.modules and topic.grader.is_file():
             spec = importlib.util.spec_from_file_location(name, topic.grader)
@@ -153,8 +156,8 @@ def _sockaddr(address: str) -> str:
     return "\0" + address[1:] if address.startswith("@") else address
 
 
-def serve(path: str, full: bool = True, modules: list[str] = ()) -> None:
-    _preload(full, list(modules))
+def serve(path: str, full: bool = True, modules: list[str] = (), topics: list[str] | None = None) -> None:
+    _preload(full, list(modules), topics)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(_sockaddr(path))
     listener.listen(64)
@@ -295,7 +298,8 @@ class Client:
             else:
                 self._path = str(Path(tempfile.mkdtemp(prefix="kata-zygote-")) / "zygote.sock")
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "kata.zygote", self._path, *([] if full else ["--lean"]), *preload_of(topics)],
+                [sys.executable, "-m", "kata.zygote", self._path, *([] if full else ["--lean"]),
+                 *([] if topics is None else [f"--topics={','.join(t.name for t in topics)}"]), *preload_of(topics)],  # fmt: skip
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -389,4 +393,11 @@ def fork_judge(argv: list[str], **kwargs) -> Child:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], full="--lean" not in sys.argv[2:], modules=[a for a in sys.argv[2:] if a != "--lean"])
+    options = sys.argv[2:]
+    served = next((a.split("=", 1)[1] for a in options if a.startswith("--topics=")), None)
+    serve(
+        sys.argv[1],
+        full="--lean" not in options,
+        modules=[a for a in options if not a.startswith("--")],
+        topics=None if served is None else [n for n in served.split(",") if n],
+    )
