@@ -38,8 +38,24 @@ lazy_dynamo.defer()
 # ---------------------------------------------------------------- forbidden ops
 
 
+# Both are asked for every op a rule-checked call runs (thousands per grading), with few
+# distinct answers: cached. (resolve_name enters a warnings.catch_warnings each time.)
+@functools.cache
 def _match(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+_NAMES: dict = {}
+
+
+def _function_name(func) -> str:
+    try:
+        return _NAMES[func]
+    except KeyError:
+        name = _NAMES[func] = resolve_name(func) or getattr(func, "__name__", str(func))
+        return name
+    except TypeError:  # unhashable
+        return resolve_name(func) or getattr(func, "__name__", str(func))
 
 
 class _ForbidFunctions(TorchFunctionMode):
@@ -56,7 +72,7 @@ class _ForbidFunctions(TorchFunctionMode):
         self.patterns, self.hits = patterns, hits
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = resolve_name(func) or getattr(func, "__name__", str(func))
+        name = _function_name(func)
         if _match(name, self.patterns):
             self.hits.append(name)
             raise RuleBroken(f"called {name}, which this kata forbids")
