@@ -18,6 +18,7 @@ import random
 import socket
 import sys
 import traceback
+import types
 from pathlib import Path
 
 import torch
@@ -39,6 +40,8 @@ class Server:
         self.harness = harness.Harness(())
         self.learner_files: set[Path] = set()
         self.device = torch.device("cpu")
+        self.type_ids: dict[type, int] = {}  # classes whose methods the judge may know (handle_of)
+        self.sent_types: set[int] = set()
 
     # -------------------------------------------------------------- handles
 
@@ -48,20 +51,34 @@ class Server:
             hid = len(self.objects) + 1
             self.objects[hid] = obj
             self.ids[id(obj)] = hid
-        cls = obj if isinstance(obj, type) else type(obj)
-        return {
-            "k": "handle",
-            "id": hid,
-            "type": getattr(obj, "__qualname__", None) if isinstance(obj, type) else type(obj).__qualname__,
-            "mro": [f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__],
-            "is_class": isinstance(obj, type),
-            "callable": callable(obj),
-        }
+        info = {"k": "handle", "id": hid, **describe(obj)}
+        if isinstance(obj, types.ModuleType):
+            # Its functions and classes, described: the judge refers to `module.f` without
+            # asking for it (wire.Attribute), and it is looked up when a request uses it.
+            info["members"] = {
+                name: describe(value) for name, value in vars(obj).items()
+                if not name.startswith("__") and isinstance(value, (types.FunctionType, type))
+            }  # fmt: skip
+        elif not isinstance(obj, (Tensor, type)):
+            # Likewise the methods its class defines, sent once per class: `model.to(...)`
+            # is then one request, not two.
+            cls = type(obj)
+            info["tid"] = tid = self.type_ids.setdefault(cls, len(self.type_ids) + 1)
+            if tid not in self.sent_types:
+                self.sent_types.add(tid)
+                info["methods"] = methods_of(cls)
+        return info
 
     def resolve(self, hid: int):
         if hid not in self.objects:
             raise LookupError(f"no object {hid} in this executor")
         return self.objects[hid]
+
+    def resolve_attribute(self, hid: int, name: str):
+        """`object.name` for a wire.Attribute, read under the kata's rules as op_getattr reads."""
+        target = self.resolve(hid)
+        with self.harness.enforced():
+            return getattr(target, name)
 
     def encode(self, obj):
         return wire.encode(obj, self.handle_of)
@@ -71,7 +88,7 @@ class Server:
     def handle(self, data: bytes) -> bytes:
         rid = None
         try:
-            request, tensors, generators = wire.loads_request(data, self.resolve)
+            request, tensors, generators = wire.loads_request(data, self.resolve, self.resolve_attribute)
             rid = request.get("rid")
             op = request["op"]
             if op == "seed":
@@ -190,6 +207,40 @@ class Server:
         for j, g in enumerate(generators):
             out.append(["generator", j, g.get_state()])
         return out
+
+
+_DESCRIBED: dict[type, tuple] = {}
+
+
+def describe(obj) -> dict:
+    """What the judge knows of an object it holds a handle to (kata.judge.Remote)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    mro = _DESCRIBED.get(cls)
+    if mro is None:
+        mro = _DESCRIBED[cls] = [f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__]
+    return {
+        "type": getattr(obj, "__qualname__", None) if isinstance(obj, type) else cls.__qualname__,
+        "mro": mro,
+        "is_class": isinstance(obj, type),
+        "callable": callable(obj),
+    }
+
+
+def methods_of(cls: type) -> list[str]:
+    """The names that are plain functions in cls or its bases (so reading one on an instance
+    makes a bound method and runs no code of the class), unless the class customises
+    attribute lookup."""
+    if cls.__getattribute__ is not object.__getattribute__:
+        return []
+    seen, out = set(), []
+    for c in cls.__mro__:
+        for name, value in vars(c).items():
+            if name in seen or name.startswith("__"):
+                continue
+            seen.add(name)
+            if isinstance(value, types.FunctionType):
+                out.append(name)
+    return out
 
 
 def seed(value: int) -> None:

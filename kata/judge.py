@@ -111,6 +111,9 @@ class Remote:
     def __getattr__(self, name: str):
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
+        known = self._kata_ex.known_attribute(self, name)
+        if known is not None:
+            return Remote(self._kata_ex, wire.Attribute(self, name), known)
         return self._kata_ex.getattr(self, name)
 
     def __setattr__(self, name: str, value) -> None:
@@ -232,6 +235,7 @@ class Executor:
         self.modules: list[tuple[Remote, dict]] = []  # module proxies and how to load them again
         self.handles: list[wire.Handle] = []
         self.remotes: dict[int, Remote] = {}
+        self.methods: dict[int, frozenset[str]] = {}  # class id (Server.handle_of's tid) -> its methods
         self.pending_seed: int | None = None
         self.died: str | None = None
 
@@ -246,7 +250,7 @@ class Executor:
             raise ExecutorDied(f"the process to run your code could not be started ({type(exc).__name__}: {exc})") from None
         for handle in self.handles:
             handle.hid = None  # made by an executor that has ended
-        self.handles, self.remotes = [], {}
+        self.handles, self.remotes, self.methods = [], {}, {}
         self._request({"op": "start", "forbidden": self.forbidden, "device": self.device, "grader": self.grader})
         for remote, load in self.modules:
             fresh = self._request({"op": "load", **load})
@@ -326,12 +330,32 @@ class Executor:
 
     def _make_remote(self, info: dict) -> Remote:
         hid = info["id"]
+        methods = info.get("methods")
+        if isinstance(methods, list) and isinstance(info.get("tid"), int):
+            self.methods[info["tid"]] = frozenset(m for m in methods if isinstance(m, str))
         remote = self.remotes.get(hid)
         if remote is None:
             handle = wire.Handle(hid)
             self.handles.append(handle)
             remote = self.remotes[hid] = Remote(self, handle, info)
         return remote
+
+    # What a Remote for a method looks like (Remote.kata_type, checks.is_instance).
+    METHOD = {"type": "method", "mro": ["builtins.method", "builtins.object"], "is_class": False, "callable": True}
+
+    def known_attribute(self, remote: Remote, name: str) -> dict | None:
+        """The description of remote.name if it is a method of its class or a function or
+        class of its module, which a wire.Attribute can then refer to without a request;
+        None for anything else (read with a request)."""
+        info = remote._kata_info
+        if isinstance(remote._kata_handle, wire.Attribute):
+            return None
+        members = info.get("members")
+        if isinstance(members, dict):
+            member = members.get(name)
+            return member if isinstance(member, dict) and isinstance(member.get("mro"), list) else None
+        methods = self.methods.get(info.get("tid"))
+        return self.METHOD if methods is not None and name in methods else None
 
     def _tag_tensor(self, t: torch.Tensor, ref: int) -> None:
         # checks.in_executor(t): the executor's own tensor, for trusted helpers there.

@@ -231,6 +231,14 @@ def pytest_collection_modifyitems(session, config, items):
         items[:] = keep
         for topic, (verdict, message, n) in failed.items():
             reporter.file_failed(topic, verdict, message, n)
+    for item in items:
+        # A verdict carries its own message (pytest_runtest_makereport): pytest's formatting
+        # of the failure's traceback, through torch's frames, would be thrown away.
+        item.repr_failure = _exception_only
+
+
+def _exception_only(excinfo, style=None) -> str:
+    return excinfo.exconly()
 
 
 @pytest.fixture(scope="session")

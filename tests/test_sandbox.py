@@ -4,10 +4,14 @@ process: what a confined process can and cannot do, native code included."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -50,27 +54,45 @@ print(json.dumps(out))
 """
 
 
-def confined(tmp_path, processes=False) -> dict:
+# The confinement as a user who is not root, too (an instructor's account): there the
+# network namespace needs a user namespace first (kata.sandbox.confine_kernel).
+NOBODY = 65534
+as_users = pytest.mark.parametrize("user", [None, pytest.param(NOBODY, marks=pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="trying another user needs root and setpriv"))], ids=["this_user", "not_root"])  # fmt: skip
+
+
+def confined(tmp_path, processes=False, user=None) -> dict:
+    if user is not None:
+        # pytest's tmp_path is private to root: a folder the other user can reach, where
+        # only the confinement (not file permissions) keeps it from the secret.
+        tmp_path = Path(tempfile.mkdtemp(prefix="kata-sandbox-"))
+        tmp_path.chmod(0o777)
     work, outside = tmp_path / "work", tmp_path / "outside.txt"
     work.mkdir()
+    work.chmod(0o777)
     secret = tmp_path / "secret.txt"
     secret.write_text("another student's file")
+    secret.chmod(0o644)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     code = PROGRAM.format(root=str(ROOT), work=str(work), secret=str(secret), outside=str(outside),
                           port=listener.getsockname()[1], processes=processes)  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    become = [] if user is None else ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+    proc = subprocess.run([*become, sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
     listener.close()
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["outside_exists"] = outside.exists()
+    if user is not None:
+        shutil.rmtree(tmp_path, ignore_errors=True)
     return result
 
 
 @needs_sandbox
-def test_a_confined_process_keeps_to_its_folder_and_starts_nothing(tmp_path):
-    got = confined(tmp_path)
+@as_users
+def test_a_confined_process_keeps_to_its_folder_and_starts_nothing(tmp_path, user):
+    got = confined(tmp_path, user=user)
     assert got["read_outside"] != "read" and got["native_write_outside"] == -1 and not got["outside_exists"]
     assert got["write_inside"] == "ok"
     assert got["connect"] != "connected"
@@ -79,8 +101,9 @@ def test_a_confined_process_keeps_to_its_folder_and_starts_nothing(tmp_path):
 
 
 @needs_sandbox
-def test_a_topic_may_allow_worker_processes(tmp_path):
-    got = confined(tmp_path, processes=True)
+@as_users
+def test_a_topic_may_allow_worker_processes(tmp_path, user):
+    got = confined(tmp_path, processes=True, user=user)
     assert got["native_fork"] == "forked"
     assert got["read_outside"] != "read" and got["connect"] != "connected"  # still confined
 
