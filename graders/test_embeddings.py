@@ -400,22 +400,11 @@ def test_flops_do_not_grow_with_vocabulary(emb, device, op):
         )
 
 
-def largest_new_tensor(ops) -> tuple[int, tuple, str]:
-    """(elements, shape, op) of the largest tensor any op made (views and in-place results excluded)."""
-    best = (0, (), "")
-    for op in ops:
-        for t in op.new_tensors():
-            n = math.prod(t.shape)
-            if n > best[0]:
-                best = (n, t.shape, op.name)
-    return best
-
-
 @pytest.mark.parametrize("op", WORK_OPS)
 def test_memory_does_not_grow_with_vocabulary(emb, device, op):
     """The largest tensor made for a 4,096-row table no larger than for 64 rows."""
-    small = largest_new_tensor(vocabulary_work(emb, op, SMALL_V, device, measure=rules.record_ops))
-    large = largest_new_tensor(vocabulary_work(emb, op, LARGE_V, device, measure=rules.record_ops))
+    small = checks.largest_new_tensor(vocabulary_work(emb, op, SMALL_V, device, measure=rules.record_ops))
+    large = checks.largest_new_tensor(vocabulary_work(emb, op, LARGE_V, device, measure=rules.record_ops))
     if large[0] > small[0]:
         raise checks.Wrong(
             f"{label(op)} on the same 24 ids made a tensor of {large[0]:,} elements (shape {tuple(large[1])}, by {large[2]}) with a "

@@ -344,20 +344,9 @@ MEMORY_SHAPE = (1, 2, 128, 128, 4)
 MEMORY_BLOCKS = dict(block_q=32, block_k=32)
 
 
-def largest_new_tensor(ops) -> tuple[int, tuple, str]:
-    """(elements, shape, op) of the largest tensor any op made (views and in-place results excluded)."""
-    best = (0, (), "")
-    for op in ops:
-        for t in op.new_tensors():
-            n = math.prod(t.shape)
-            if n > best[0]:
-                best = (n, t.shape, op.name)
-    return best
-
-
 def expect_tile_sized(ops, *, what, tile, output):
     limit = MEMORY_FACTOR * max(tile, output)
-    n, shape, op = largest_new_tensor(ops)
+    n, shape, op = checks.largest_new_tensor(ops)
     if n > limit:
         raise checks.Wrong(
             f"{what} made a tensor of {n:,} elements (shape {tuple(shape)}, by {op}); at most {limit:,} are allowed "

@@ -32,7 +32,6 @@ time is the model's.
 from __future__ import annotations
 
 import copy
-import sys
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -43,8 +42,8 @@ from torch import nn
 from torch.amp import grad_scaler as torch_grad_scaler
 from torch.utils._python_dispatch import _disable_current_modes
 
-from kata import checks, course
-from kata.checks import RuleBroken, describe, expect_close, randn
+from kata import checks, course, harness
+from kata.checks import describe, expect_close, randn
 
 TOPIC = course.get("mixed_precision")
 rules = checks.Rules(TOPIC.forbidden)
@@ -78,30 +77,14 @@ def _grad_scaler_files() -> set[str]:
 GRAD_SCALER_FILES = _grad_scaler_files()
 
 
-class NoGradScaler:
-    """A profile hook, around every call into the learner's scaler, that records any call
-    into torch's GradScaler code (however it was imported, subclassed or wrapped)."""
+def _grad_scaler_code(code) -> str | None:
+    return f"torch.amp.GradScaler ({code.co_name})" if code.co_filename in GRAD_SCALER_FILES else None
 
-    def __init__(self):
-        self.on, self.hit = False, None
 
-    def _hook(self, frame, event, arg):
-        if event == "call" and self.hit is None and frame.f_code.co_filename in GRAD_SCALER_FILES:
-            self.hit = f"torch.amp.GradScaler ({frame.f_code.co_name})"
-
-    def __enter__(self):
-        self.on = sys.getprofile() is None  # another profiler (a debugger) is left alone
-        if self.on:
-            sys.setprofile(self._hook)
-        return self
-
-    def __exit__(self, *exc):
-        if self.on:
-            sys.setprofile(None)
-            if self.hit:
-                raise RuleBroken(f"called {self.hit}, which this kata forbids: write the scaler yourself")
-        return False
-
+def NoGradScaler() -> harness.CallWatch:
+    """Around every call into the learner's scaler: torch's GradScaler code forbidden
+    (however it was imported, subclassed or wrapped)."""
+    return harness.CallWatch(_grad_scaler_code, ": write the scaler yourself")
 
 def guarded(learner: bool, fn, *args, **kwargs):
     if not learner:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import io
-import sys
 from contextlib import contextmanager
 from functools import partial
 
@@ -30,7 +29,7 @@ import torch
 from torch.optim import Optimizer
 from torch.utils._python_dispatch import _disable_current_modes
 
-from kata import checks, course
+from kata import checks, course, harness
 from kata.checks import RuleBroken, expect_close, randn
 
 TOPIC = course.get("optimizers")
@@ -94,34 +93,9 @@ def _forbidden_kernels() -> dict:
 FORBIDDEN_KERNELS = _forbidden_kernels()
 
 
-class KernelWatch:
-    """A profile hook, set around the learner's optimizer calls, that records every call into
-    torch.optim's own step functions (however they were imported or bound)."""
-
-    def __init__(self, on: bool):
-        self.on, self.hits = on, []
-
-    def _hook(self, frame, event, arg):
-        if event == "call":
-            name = FORBIDDEN_KERNELS.get(frame.f_code)
-            if name is not None and name not in self.hits:
-                self.hits.append(name)
-
-    def __enter__(self):
-        # Another profiler already installed (a debugger, cProfile) is left alone: the
-        # hook cannot chain to it.
-        self.on = self.on and sys.getprofile() is None
-        if self.on:
-            sys.setprofile(self._hook)
-        return self
-
-    def __exit__(self, *exc):
-        if self.on:
-            sys.setprofile(None)
-            if self.hits:
-                raise RuleBroken(f"called {self.hits[0]}, torch.optim's own step function, which this kata forbids")
-        return False
-
+def KernelWatch(on: bool) -> harness.CallWatch:
+    """Around the learner's optimizer calls: torch.optim's own step functions forbidden."""
+    return harness.CallWatch(FORBIDDEN_KERNELS.get, " (torch.optim's own step function)", on)
 
 def expect_plain_optimizer(opt) -> None:
     """The rule on the class: torch.optim.Optimizer's subclass, and no concrete torch optimizer's."""

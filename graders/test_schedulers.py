@@ -20,13 +20,12 @@ from __future__ import annotations
 import inspect
 import io
 import math
-import sys
 
 import pytest
 import torch
 from torch.optim import Optimizer, lr_scheduler
 
-from kata import checks, course
+from kata import checks, course, harness
 from kata.checks import RuleBroken
 
 TOPIC = course.get("schedulers")
@@ -197,33 +196,10 @@ def _concrete_scheduler_code() -> dict:
 CONCRETE_SCHEDULER_CODE = _concrete_scheduler_code()
 
 
-class SchedulerWatch:
-    """A profile hook around the learner's scheduler calls that records every call into a
-    concrete torch scheduler's code (a LambdaLR built and stepped inside WarmupCosine)."""
-
-    def __init__(self, on: bool):
-        self.on, self.hits = on, []
-
-    def _hook(self, frame, event, arg):
-        if event == "call":
-            name = CONCRETE_SCHEDULER_CODE.get(frame.f_code)
-            if name is not None and name not in self.hits:
-                self.hits.append(name)
-
-    def __enter__(self):
-        self.on = self.on and sys.getprofile() is None  # leave a debugger's profiler alone
-        if self.on:
-            sys.setprofile(self._hook)
-        return self
-
-    def __exit__(self, *exc):
-        if self.on:
-            sys.setprofile(None)
-            if self.hits:
-                raise RuleBroken(f"ran {self.hits[0]}, a torch scheduler's own code, which this kata forbids: "
-                                 "compute the rates from warmup_cosine in get_lr")  # fmt: skip
-        return False
-
+def SchedulerWatch(on: bool) -> harness.CallWatch:
+    """Around the learner's scheduler calls: a concrete torch scheduler's code forbidden (a
+    LambdaLR built and stepped inside WarmupCosine)."""
+    return harness.CallWatch(CONCRETE_SCHEDULER_CODE.get, " (a torch scheduler's own code): compute the rates from warmup_cosine in get_lr", on)
 
 def expect_plain_scheduler(scheduler) -> None:
     if not isinstance(scheduler, lr_scheduler.LRScheduler):

@@ -49,20 +49,6 @@ def bool_mask(*shape, seed, device, p=0.6):
     return (torch.rand(*shape, generator=g) < p).to(device)
 
 
-def expect_equal(got, want, *, what: str, device) -> None:
-    """Exactly torch's values (selections copy elements: nothing to round)."""
-    checks.expect_tensor(got, shape=want.shape, dtype=want.dtype, device=device, what=what)
-    g, w = got.detach().cpu(), want.detach().cpu()
-    if torch.equal(g, w):
-        return
-    bad = g != w
-    idx = tuple(int(i) for i in bad.nonzero()[0])
-    raise checks.Wrong(
-        f"{what} gave wrong values: at index {idx} got {g[idx].item()}, expected {w[idx].item()} "
-        f"({int(bad.sum())} of {bad.numel()} elements differ)"
-    )
-
-
 # ---------------------------------------------------------------- pairwise_sq_distances
 
 
@@ -137,7 +123,7 @@ def test_pairwise_sq_distances_integer_inputs(tensors, device, case):
     what = describe_call("pairwise_sq_distances", x, y)
     got = rules.call(tensors.pairwise_sq_distances, x, y, what=what)
     want = torch_sq_distances(x.double().cpu(), y.double().cpu()).round().long()  # exact: every value < 2^53
-    expect_equal(got, want, what=what, device=device)
+    checks.expect_equal(got, want, what=what, device=device)
 
 
 def test_pairwise_sq_distances_gradients(tensors, device):
@@ -192,7 +178,7 @@ def test_batched_gather_matches_torch(tensors, device, case):
     x, idx = gather_case(case, device)
     what = describe_call("batched_gather", x, idx)
     got = rules.call(tensors.batched_gather, x, idx, what=what)
-    expect_equal(got, torch.take_along_dim(x, idx.unsqueeze(-1), dim=1), what=what, device=device)
+    checks.expect_equal(got, torch.take_along_dim(x, idx.unsqueeze(-1), dim=1), what=what, device=device)
 
 
 # ---------------------------------------------------------------- one_hot
@@ -218,7 +204,7 @@ def test_one_hot_matches_torch(tensors, device, case):
     labels, c = label_case(case, device)
     what = describe_call("one_hot", labels, c)
     got = rules.call(tensors.one_hot, labels, c, what=what)
-    expect_equal(got, F.one_hot(labels.long(), c), what=what, device=device)
+    checks.expect_equal(got, F.one_hot(labels.long(), c), what=what, device=device)
 
 
 BAD_LABELS = {
@@ -380,7 +366,7 @@ def test_sliding_windows_matches_torch(tensors, device, case):
     x, size, step = window_case(case, device)
     what = describe_call("sliding_windows", x, size, step)
     got = rules.call(tensors.sliding_windows, x, size, step, what=what)
-    expect_equal(got, x.unfold(-1, size, step), what=what, device=device)
+    checks.expect_equal(got, x.unfold(-1, size, step), what=what, device=device)
 
 
 BAD_WINDOWS = {"size_above_length": (6, 1), "size_0": (0, 1), "step_0": (2, 0)}

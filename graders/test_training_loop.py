@@ -32,7 +32,6 @@ import copy
 import inspect
 import os
 import shutil
-import sys
 import tempfile
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -45,7 +44,7 @@ from torch.nn.utils import clip_grad as torch_clip_grad
 from torch.utils._python_dispatch import _disable_current_modes
 
 from kata import checks, course, harness
-from kata.checks import RuleBroken, describe, expect_close, golden, randn
+from kata.checks import describe, expect_close, golden, randn
 
 TOPIC = course.get("training_loop")
 rules = checks.Rules(TOPIC.forbidden)
@@ -74,33 +73,9 @@ def _forbidden_clipping() -> dict:
 FORBIDDEN_CLIPPING = _forbidden_clipping()
 
 
-class NoTorchClip:
-    """A profile hook, set around every call into the learner's code, that records calls
-    into torch's own gradient-norm clipping and raises RuleBroken afterwards."""
-
-    def __init__(self):
-        self.on, self.hits = False, []
-
-    def _hook(self, frame, event, arg):
-        if event == "call":
-            name = FORBIDDEN_CLIPPING.get(frame.f_code)
-            if name is not None and name not in self.hits:
-                self.hits.append(name)
-
-    def __enter__(self):
-        # Another profiler already installed (a debugger, cProfile) is left alone.
-        self.on = sys.getprofile() is None
-        if self.on:
-            sys.setprofile(self._hook)
-        return self
-
-    def __exit__(self, *exc):
-        if self.on:
-            sys.setprofile(None)
-            if self.hits:
-                raise RuleBroken(f"called {self.hits[0]}, which this kata forbids: write clip_grad_norm yourself and use it")
-        return False
-
+def NoTorchClip() -> harness.CallWatch:
+    """Around every call into the learner's code: torch's own gradient-norm clipping forbidden."""
+    return harness.CallWatch(FORBIDDEN_CLIPPING.get, ": write clip_grad_norm yourself and use it")
 
 def guarded(fn, *args, **kwargs):
     """fn(*args, **kwargs) in the executor, with torch's clipping forbidden."""

@@ -298,6 +298,35 @@ def expect_tensor(actual, *, shape, dtype, device, what: str) -> None:
         raise Wrong(f"{what} returned a tensor on {actual.device}, expected {device}")
 
 
+def expect_equal(actual, expected: Tensor, *, what: str, device=None, hint: str = "") -> None:
+    """Exactly `expected`'s values, dtype and shape (and device type, if given): for results
+    with nothing to round (integers, selections, views). The message names the first wrong
+    element and how many differ, `hint` appended; small tensors are shown whole."""
+    expect_tensor(actual, shape=expected.shape, dtype=expected.dtype, device=expected.device if device is None else device, what=what)
+    got, want = actual.detach().cpu(), expected.detach().cpu()
+    if torch.equal(got, want):
+        return
+    bad = got != want
+    idx = tuple(int(i) for i in bad.nonzero()[0])
+    whole = f"\n  got      {got.tolist()}\n  expected {want.tolist()}" if want.numel() <= 64 else ""
+    raise Wrong(
+        f"{what} gave wrong values: at index {idx} got {got[idx].item()}, expected {want[idx].item()} "
+        f"({int(bad.sum())} of {bad.numel()} elements differ){': ' + hint if hint else ''}{whole}"
+    )
+
+
+def largest_new_tensor(ops) -> tuple[int, tuple, str]:
+    """(elements, shape, op) of the largest tensor any recorded op made (views and in-place
+    results excluded): a memory work check's evidence (Rules.record_ops)."""
+    best = (0, (), "")
+    for op in ops:
+        for t in op.new_tensors():
+            n = math.prod(t.shape)
+            if n > best[0]:
+                best = (n, t.shape, op.name)
+    return best
+
+
 def expect_close(actual, expected: Tensor, *, what: str, dtype: torch.dtype, device: torch.device, baseline: Tensor | None = None) -> None:
     """Compare `actual` with a float64 golden `expected`.
 

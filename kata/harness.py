@@ -16,6 +16,7 @@ import fnmatch
 import functools
 import math
 import statistics
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -95,6 +96,35 @@ class _ForbidOps(TorchDispatchMode):
 
 
 # ---------------------------------------------------------------- what a call touches
+
+
+class CallWatch:
+    """Forbids Python code that no dispatch mode sees (torch.optim's step functions,
+    clip_grad_norm_, GradScaler, a concrete LRScheduler): a profile hook, set around a call
+    into learner code in the executor, records every call into code that `name_of(code)`
+    names (None: allowed), however it was imported, bound or subclassed; on leaving, the
+    first one named is a RuleBroken, `advice` appended to its message. A profiler already
+    installed (a debugger, cProfile) is left alone: the hook cannot chain to it."""
+
+    def __init__(self, name_of: Callable[[object], str | None], advice: str = "", on: bool = True):
+        self.name_of, self.advice, self.on, self.hit = name_of, advice, on, None
+
+    def _hook(self, frame, event, arg):
+        if event == "call" and self.hit is None:
+            self.hit = self.name_of(frame.f_code)
+
+    def __enter__(self):
+        self.on = self.on and sys.getprofile() is None
+        if self.on:
+            sys.setprofile(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            sys.setprofile(None)
+            if self.hit is not None:
+                raise RuleBroken(f"called {self.hit}, which this kata forbids{self.advice}")
+        return False
 
 
 def unwrap(fn, args=(), kwargs=None):
