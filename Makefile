@@ -9,12 +9,16 @@
 #   make stubs [topics=a,b]  regenerate exercises/ stubs from solutions/ (backs up any file it replaces)
 #   make fingerprints [topics=a,b]  grade every mutant on every check: graders/fingerprints/,
 #                        the known-mistake diagnosis and the topic READMEs' "Common mistakes"
-#   make grade submissions=DIR [out=DIR] [topics=a,b] [jobs=N] [hidden=DIR] [force=1] [require_sandbox=1]
-#                        grade a whole class into out/ (default gradebook/): grades.csv, feedback, results
+#   make grade submissions=DIR [out=DIR] [topics=a,b] [jobs=N] [hidden=DIR] [force=1] [require_sandbox=1] [cluster=ADDRESS]
+#                        grade a whole class into out/ (default gradebook/): grades.csv, feedback, results;
+#                        with cluster=tcp://host:8786, on a Dask cluster (kata/cluster.py)
 #   make gradescope [topics=a,b] [hidden=DIR]
 #                        build dist/gradescope-autograder.zip (setup.sh, run_autograder, the suite)
 #   make nbgrader [topics=a,b] [course=DIR]
 #                        build an nbgrader course folder (default build/nbgrader) from the katas
+#   make report [gradebook=DIR]  the class report: DIR/report.html (default gradebook/), one self-contained file
+#   make similarity submissions=DIR [out=DIR]
+#                        copy detection: out/similarity.csv and similarity.html (default gradebook/)
 #   make bench           how long a check takes, and the graders' measured speed ratios
 #   make bench-grade     grading throughput: kata grade against nbgrader autograde on one synthetic class
 #   make bench-watch     make watch's save-to-verdict time, in a private copy of the suite
@@ -37,9 +41,11 @@ topics ?=
 jobs   ?= 0
 hidden ?=
 force  ?=
+cluster ?=
 course ?= build/nbgrader
+gradebook ?= gradebook
 
-.PHONY: check list hint watch solution solutions-branch reset notebook test grade gradescope nbgrader stubs fingerprints bench bench-grade bench-watch topics clean-venv
+.PHONY: check list hint watch solution solutions-branch reset notebook test grade gradescope nbgrader report similarity stubs fingerprints bench bench-grade bench-watch topics clean-venv
 
 # Installed once; reinstalled when the dependency list changes. torch is installed first,
 # and only when the venv has none, so a CUDA build the user put there is kept.
@@ -48,6 +54,19 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || { echo "Installing $(TORCH)..."; $(PY) -m pip install -q --disable-pip-version-check $(TORCH); }
 	@echo "Installing the kata suite and its test tools..."
 	@$(PY) -m pip install -q --disable-pip-version-check -e .
+	@touch $@
+
+# The instructors' extra (matplotlib, copydetect, selenium: pyproject.toml's `instructor`),
+# for make report, make similarity and the self-tests; a learner's venv never needs it.
+$(VENV)/.installed-instructor: $(VENV)/.installed pyproject.toml
+	@echo "Installing the instructor tools (matplotlib, copydetect, selenium)..."
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[instructor]'
+	@touch $@
+
+# Dask, for grading on a cluster (pyproject.toml's `cluster`): make grade cluster=... and the self-tests.
+$(VENV)/.installed-cluster: $(VENV)/.installed pyproject.toml
+	@echo "Installing Dask for grading on a cluster..."
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[cluster]'
 	@touch $@
 
 check: $(VENV)/.installed
@@ -77,18 +96,25 @@ notebook: $(VENV)/.installed
 # -n auto: the self-tests grade each implementation in its own process; spread them over the cores.
 # --dist loadgroup: the tests sharing one graded class (xdist_group) run on one worker, so
 # the class is graded once.
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(VENV)/.installed-instructor $(VENV)/.installed-cluster
 	@$(PY) -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
-grade: $(VENV)/.installed
+grade: $(VENV)/.installed $(if $(cluster),$(VENV)/.installed-cluster)
 	@$(PY) -m kata grade "$(submissions)" --out "$(out)" --topics "$(topics)" --jobs "$(jobs)" \
-		$(if $(hidden),--hidden "$(hidden)") $(if $(force),--force) $(if $(require_sandbox),--require-sandbox)
+		$(if $(hidden),--hidden "$(hidden)") $(if $(force),--force) $(if $(require_sandbox),--require-sandbox) \
+		$(if $(cluster),--cluster "$(cluster)")
 
 gradescope: $(VENV)/.installed
 	@$(PY) -m kata gradescope --topics "$(topics)" $(if $(hidden),--hidden "$(hidden)")
 
 nbgrader: $(VENV)/.installed
 	@$(PY) -m kata nbgrader --out "$(course)" --topics "$(topics)"
+
+report: $(VENV)/.installed-instructor
+	@$(PY) -m kata report "$(gradebook)"
+
+similarity: $(VENV)/.installed-instructor
+	@$(PY) -m kata similarity "$(submissions)" --out "$(out)" --topics "$(topics)"
 
 stubs: $(VENV)/.installed
 	@$(PY) -m kata stubs $(if $(topics),--topics $(topics))

@@ -107,20 +107,27 @@ def cmd_grade(args) -> int:
     submissions = Path(args.submissions).expanduser()
     if not submissions.is_dir():
         return fail(f"no folder {args.submissions}: submissions is a folder with one entry (folder or .zip) per student")
-    setup = _grading_setup(args)
+    setup = _grading_setup(args, local=not args.cluster)
     if isinstance(setup, str):
         return fail(setup)
     topics, hidden, limits = setup
     jobs = args.jobs or os.cpu_count() or 1
     try:
+        if args.cluster:
+            from kata import cluster
+
+            return cluster.grade_class(submissions, Path(args.out), topics, address=args.cluster, limits=limits,
+                                       require_sandbox=args.require_sandbox, hidden=hidden, force=args.force)  # fmt: skip
         return grade.grade_class(submissions, Path(args.out), topics, jobs=jobs, limits=limits, hidden=hidden, force=args.force)
     except RuntimeError as exc:
         print(f"kata: {exc}", file=sys.stderr)
         return 1
 
 
-def _grading_setup(args):
-    """(topics, hidden, limits) from the options `grade` and `grade-one` share, or an error message."""
+def _grading_setup(args, local: bool = True):
+    """(topics, hidden, limits) from the options `grade` and `grade-one` share, or an error
+    message. `local`: the gradings run here (not on a cluster's workers, which start their
+    own zygote and probe their own sandbox)."""
     from kata import grade, zygote
 
     try:
@@ -128,7 +135,8 @@ def _grading_setup(args):
         topics = [course.get(n) for n in names]
         # Now, before this process imports torch (pick_device): the zygote's own imports run
         # beside it, not after it (a second of every class's grading on 2 cores).
-        zygote.start(topics=topics)
+        if local:
+            zygote.start(topics=topics)
         from kata.checks import pick_device
 
         device = pick_device(args.device).type
@@ -140,7 +148,7 @@ def _grading_setup(args):
     limits = grade.Limits(
         check_timeout=args.timeout, student_timeout=args.student_timeout, memory_mb=args.memory_mb, device=device
     )
-    if getattr(args, "require_sandbox", None) is not None:
+    if local and getattr(args, "require_sandbox", None) is not None:
         from kata import sandbox
 
         missing = sandbox.probe()
@@ -193,6 +201,18 @@ def cmd_nbgrader(args) -> int:
         print(f"wrote {path}")
     print(f"then: cd {args.out} && nbgrader generate_assignment TOPIC  (see README, 'nbgrader')")
     return 0
+
+
+def cmd_report(args) -> int:
+    from kata import report
+
+    return report.main(args.gradebook, args.similarity)
+
+
+def cmd_similarity(args) -> int:
+    from kata import similarity
+
+    return similarity.main(args.submissions, args.out, args.topics, args.threshold)
 
 
 def _learner_verb(args) -> int:
@@ -269,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="gradebook", help="output folder (default gradebook/)")
     p.add_argument("--jobs", type=int, default=0, help="students graded in parallel (default: the number of cores)")
     p.add_argument("--force", action="store_true", help="grade again students already in the gradebook")
+    p.add_argument("--cluster", default=None, help="a Dask scheduler's address (tcp://host:8786): grade there, one task per student and topic (kata/cluster.py)")
     grading_options(p)
     p.set_defaults(func=cmd_grade)
 
@@ -287,6 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="build/nbgrader", help="the course folder (default build/nbgrader)")
     p.add_argument("--topics", default="", help="comma-separated topics (default: every topic)")
     p.set_defaults(func=cmd_nbgrader)
+
+    p = sub.add_parser("report", help="the class report: GRADEBOOK/report.html from a gradebook (see kata/report.py)")
+    p.add_argument("gradebook", nargs="?", default="gradebook", help="the folder `kata grade` wrote (default gradebook/)")
+    p.add_argument("--similarity", default=None, help="a similarity.csv to include (default: GRADEBOOK/similarity.csv when there)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("similarity", help="copy detection: similar pairs of submissions per topic (see kata/similarity.py)")
+    p.add_argument("submissions", help="folder with one entry per student, as for grade")
+    p.add_argument("--out", default="gradebook", help="where similarity.csv and similarity.html go (default gradebook/)")
+    p.add_argument("--topics", default="", help="comma-separated topics to compare (default: every topic)")
+    p.add_argument("--threshold", type=float, default=0.8, help="the score from which similarity.html shows a pair's passages (default 0.8)")
+    p.set_defaults(func=cmd_similarity)
 
     p = sub.add_parser("list", help="the course in order with your progress (no grading)")
     p.set_defaults(func=_learner_verb)

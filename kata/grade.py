@@ -314,11 +314,9 @@ def grade_student(
         impl.mkdir()
         scratch.mkdir()
         try:
-            if isinstance(source, list):
-                raise Refused(f"more than one submission for this student: {', '.join(p.name for p in source)}")
-            found = private_copy(source, [t.name for t in topics], impl)
+            found = private_copy(_one_source(source), [t.name for t in topics], impl)
         except Refused as exc:
-            return [TopicResult(t.name, "error", 0.0, max_scores[t.name], f"submission refused: {exc}") for t in topics]
+            return refused(exc, topics, max_scores)
         results = []
         for topic in topics:
             if not found[topic.name]:
@@ -333,6 +331,24 @@ def grade_student(
                 result.max_score = max_scores[topic.name]  # the same for every student, whatever happened
             results.append(result)
     return results
+
+
+def _one_source(source) -> Path:
+    if isinstance(source, list):
+        raise Refused(f"more than one submission for this student: {', '.join(p.name for p in source)}")
+    return source
+
+
+def refused(exc: Refused, topics: list[course.Topic], max_scores) -> list[TopicResult]:
+    return [TopicResult(t.name, "error", 0.0, max_scores[t.name], f"submission refused: {exc}") for t in topics]
+
+
+def submitted_files(source, topics: list[str]) -> dict[str, bytes | None]:
+    """topic -> the bytes of the student's topic module (None: not submitted), as a
+    private copy holds them; raises Refused as grade_student would."""
+    with tempfile.TemporaryDirectory(prefix="kata-submitted-") as tmp:
+        found = private_copy(_one_source(source), topics, Path(tmp))
+        return {t: (Path(tmp) / t / f"{t}.py").read_bytes() if found[t] else None for t in topics}
 
 
 class ReferenceMaxScores(dict):
@@ -505,12 +521,36 @@ class Progress:
             print(f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}  ETA {eta:4.0f}s  {sid}: {statuses}", file=sys.stderr, flush=True)
 
 
-def grade_class(submissions: Path, out: Path, topics: list[course.Topic], *, jobs: int, limits: Limits, hidden: Path | None = None, force: bool = False) -> int:
+def record_student(out: Path, sid: str, results: list[TopicResult], seconds: float) -> None:
+    """A graded student's results/<sid>.json and feedback/<sid>.md, each written atomically:
+    the only files a grading writes per student, by the process that coordinates the class."""
+    write_atomically(out / "results" / f"{sid}.json", json.dumps(gradescope_json(results, seconds), indent=1))
+    write_atomically(out / "feedback" / f"{sid}.md", feedback_markdown(sid, results))
+
+
+def to_grade(submissions: Path, out: Path, names: list[str], *, force: bool, where: str) -> tuple[dict[str, Path], list[str]]:
+    """The class's submissions, and the students still to grade (resuming an interrupted run)."""
     students = find_submissions(submissions)
+    todo = [sid for sid in students if force or not already_graded(out / "results" / f"{sid}.json", names)]
+    print(f"{len(students)} submissions, {len(students) - len(todo)} already graded, {len(todo)} to grade {where}", file=sys.stderr)
+    return students, todo
+
+
+def finish_class(out: Path, students: list[str], names: list[str]) -> int:
+    """grades.csv and mistakes.csv, rebuilt from every student's results."""
+    rows = write_grades_csv(out, students, names)
+    frequent = write_class_mistakes(out, students, names)
+    if frequent:
+        print("most frequent known mistakes (all in mistakes.csv):\n" + "\n".join(frequent), file=sys.stderr)
+    print(f"wrote {out / 'grades.csv'} ({rows} rows), {out / 'mistakes.csv'}, {out / 'results'}/, {out / 'feedback'}/", file=sys.stderr)
+    return 0
+
+
+def grade_class(
+    submissions: Path, out: Path, topics: list[course.Topic], *, jobs: int, limits: Limits, hidden: Path | None = None, force: bool = False
+) -> int:
     names = [t.name for t in topics]
-    results_dir = out / "results"
-    todo = [sid for sid in students if force or not already_graded(results_dir / f"{sid}.json", names)]
-    print(f"{len(students)} submissions, {len(students) - len(todo)} already graded, {len(todo)} to grade with {jobs} jobs", file=sys.stderr)
+    students, todo = to_grade(submissions, out, names, force=force, where=f"with {jobs} jobs")
     if todo:
         zygote.start(topics=topics)  # one warm zygote for the class: each judge and executor is a fork of it
         progress = Progress(len(todo))
@@ -524,8 +564,7 @@ def grade_class(submissions: Path, out: Path, topics: list[course.Topic], *, job
             def one(sid):
                 started = time.monotonic()
                 results = grade_student(sid, students[sid], topics, limits, hidden, max_scores)
-                write_atomically(results_dir / f"{sid}.json", json.dumps(gradescope_json(results, time.monotonic() - started), indent=1))
-                write_atomically(out / "feedback" / f"{sid}.md", feedback_markdown(sid, results))
+                record_student(out, sid, results, time.monotonic() - started)
                 return sid, results
 
             futures = [pool.submit(one, sid) for sid in todo]
@@ -536,9 +575,4 @@ def grade_class(submissions: Path, out: Path, topics: list[course.Topic], *, job
             except BaseException:
                 pool.shutdown(cancel_futures=True)
                 raise
-    rows = write_grades_csv(out, sorted(students), names)
-    frequent = write_class_mistakes(out, sorted(students), names)
-    if frequent:
-        print("most frequent known mistakes (all in mistakes.csv):\n" + "\n".join(frequent), file=sys.stderr)
-    print(f"wrote {out / 'grades.csv'} ({rows} rows), {out / 'mistakes.csv'}, {results_dir}/, {out / 'feedback'}/", file=sys.stderr)
-    return 0
+    return finish_class(out, sorted(students), names)
