@@ -192,6 +192,7 @@ def grade_topic(impl: Path, topic: course.Topic, limits: Limits, budget: float, 
         "cwd": str(work),
         "env": {"HOME": str(work), "TMPDIR": str(tmp)},
         "writable": [str(work), str(tmp)],
+        "processes": topic.worker_processes,
         # CUDA reserves far more address space than it uses, so the cap applies on the CPU only.
         "memory_mb": limits.memory_mb if limits.device == "cpu" else None,
     }
@@ -308,7 +309,9 @@ def grade_student(
     """Every topic of one student. max_scores gives each topic's points when its grading
     did not run; with keep_max=False it replaces the graded sum too, so a class shares one max."""
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f"kata-grade-{sid}-") as tmp:
+    # Not named for the student: the executor's TMPDIR lies in it, and a long path there
+    # breaks the Unix sockets that worker processes (a DataLoader's) pass tensors over.
+    with tempfile.TemporaryDirectory(prefix="kata-grade-") as tmp:
         tmp = Path(tmp)
         impl, scratch = tmp / "submission", tmp / "scratch"
         impl.mkdir()

@@ -70,7 +70,8 @@ def enter(options: dict) -> None:
     if confine:
         confine_kernel(read=confine.get("read", []), write=confine.get("write", []), processes=bool(confine.get("processes")))
     if options.get("writable") is not None:
-        guard_writes(options["writable"], processes=bool((confine or {}).get("processes")))
+        # A topic's permission to start worker processes holds with or without the kernel's confinement.
+        guard_writes(options["writable"], processes=bool(options.get("processes") or (confine or {}).get("processes")))
 
 
 def guard_writes(writable: list[str], *, processes: bool = False) -> None:
@@ -119,8 +120,27 @@ def confine_kernel(*, read: list[str], write: list[str], processes: bool = False
     if _libc is None:
         raise SandboxUnavailable(errno.ENOSYS, f"no kernel confinement on {sys.platform}")
     isolate_network()
+    if processes and os.path.isdir("/dev/shm"):
+        private_shm()
+        write = [*write, "/dev/shm"]
     landlock(read=read, write=write)
     seccomp_filter(processes=processes)
+
+
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 0x4000, 1 << 18
+
+
+def private_shm() -> None:
+    """A /dev/shm of its own, for a topic whose code starts worker processes (a DataLoader's
+    queues keep their semaphores there): a tmpfs in a mount namespace of its own, after
+    isolate_network (whose user namespace, where we are not root, allows the mount). The
+    shared /dev/shm would be a channel between students graded side by side, and what a
+    submission left there would outlive it; this one ends with the executor."""
+    _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+    _check(_libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV, b"size=256m,mode=1777"), "mount tmpfs on /dev/shm")
 
 
 def isolate_network() -> None:

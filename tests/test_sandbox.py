@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import secrets
 import socket
 import subprocess
 import sys
@@ -47,6 +48,13 @@ if pid == 0:
     libc._exit(0)
 out["native_fork"] = "forked" if pid > 0 else ctypes.get_errno()
 t = threading.Thread(target=lambda: None); t.start(); t.join(); out["thread"] = "ok"
+if {processes}:
+    # What a DataLoader's workers need: a semaphore (in /dev/shm), in a /dev/shm of its own.
+    import multiprocessing
+    multiprocessing.Lock(); out["semaphore"] = "ok"
+    with open("/dev/shm/" + {probe!r}, "w") as f:
+        f.write("left for the next student")
+    out["shm_write"] = "ok"
 import torch
 torch.set_num_threads(2)
 out["torch"] = float((torch.ones(64, 64) @ torch.ones(64, 64)).sum())
@@ -76,14 +84,16 @@ def confined(tmp_path, processes=False, user=None) -> dict:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
+    probe = f"kata-sandbox-probe-{os.getpid()}-{secrets.token_hex(4)}"
     code = PROGRAM.format(root=str(ROOT), work=str(work), secret=str(secret), outside=str(outside),
-                          port=listener.getsockname()[1], processes=processes)  # fmt: skip
+                          port=listener.getsockname()[1], processes=processes, probe=probe)  # fmt: skip
     become = [] if user is None else ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
     proc = subprocess.run([*become, sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
     listener.close()
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["outside_exists"] = outside.exists()
+    result["shm_left"] = Path("/dev/shm", probe).exists()
     if user is not None:
         shutil.rmtree(tmp_path, ignore_errors=True)
     return result
@@ -105,6 +115,8 @@ def test_a_confined_process_keeps_to_its_folder_and_starts_nothing(tmp_path, use
 def test_a_topic_may_allow_worker_processes(tmp_path, user):
     got = confined(tmp_path, processes=True, user=user)
     assert got["native_fork"] == "forked"
+    # Worker queues' semaphores work, in a /dev/shm of the executor's own: nothing is left in the machine's.
+    assert got["semaphore"] == "ok" and got["shm_write"] == "ok" and not got["shm_left"]
     assert got["read_outside"] != "read" and got["connect"] != "connected"  # still confined
 
 
