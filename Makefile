@@ -22,6 +22,7 @@
 #   make bench           how long a check takes, and the graders' measured speed ratios
 #   make bench-grade     grading throughput: kata grade against nbgrader autograde on one synthetic class
 #   make bench-watch     make watch's save-to-verdict time, in a private copy of the suite
+#   make bench-cluster   grading throughput on a local Dask cluster (two workers) against the local pool
 #   make topics          the course, in order
 #
 # GPU users: install a CUDA build of torch into .venv before the first make (see README),
@@ -45,7 +46,7 @@ cluster ?=
 course ?= build/nbgrader
 gradebook ?= gradebook
 
-.PHONY: check list hint watch solution solutions-branch reset notebook test grade gradescope nbgrader report similarity stubs fingerprints bench bench-grade bench-watch topics clean-venv
+.PHONY: check list hint watch solution solutions-branch reset notebook test grade gradescope nbgrader report similarity stubs fingerprints bench bench-grade bench-watch bench-cluster topics clean-venv
 
 # Installed once; reinstalled when the dependency list changes. torch is installed first,
 # and only when the venv has none, so a CUDA build the user put there is kept.
@@ -127,6 +128,9 @@ bench: $(VENV)/.installed
 
 bench-watch: $(VENV)/.installed
 	@$(PY) benchmarks/bench_watch.py $(if $(topic),--topic $(topic))
+
+bench-cluster: $(VENV)/.installed $(VENV)/.installed-cluster
+	@$(PY) benchmarks/bench_cluster.py $(if $(students),--students $(students)) $(if $(topic),--topic $(topic))
 
 bench-grade: $(VENV)/.installed
 	@$(PY) benchmarks/bench_grade.py $(if $(students),--students $(students)) $(if $(topic),--topic $(topic))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -164,3 +166,52 @@ def mutant_source(path: Path) -> str:
             raise StaleMutant(f"{path.relative_to(ROOT)}: a hunk occurs {body.count(old)} times in {topic}'s solution, not once:\n{old}")
         body = body.replace(old, new)
     return f'"""{header.strip()}\n"""\n' + body
+
+
+# ---------------------------------------------------------------- a local Dask cluster (tests/test_cluster.py, benchmarks/bench_cluster.py)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """A scheduler and workers, each its own process, as an instructor starts them."""
+
+    def __init__(self, logs: Path):
+        self.logs, self.port = logs, free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        # The workers import this checkout's suite (a clean clone in CI is installed -e).
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.scheduler: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self.n = 0
+
+    def _start(self, *args: str, name: str) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("w")
+        return subprocess.Popen([str(Path(sys.executable).parent / "dask"), *args], cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True)
+
+    def start_scheduler(self) -> None:
+        self.scheduler = self._start("scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard", name=f"scheduler{self.n}")
+        self.n += 1
+
+    def start_workers(self, count: int) -> None:
+        for _ in range(count):
+            # --no-nanny: the worker is the process; a kill by its pid is the worker's death.
+            self.workers.append(self._start("worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard", name=f"worker{self.n}"))
+            self.n += 1
+        import distributed
+
+        with distributed.Client(self.address, timeout="60s") as client:
+            client.wait_for_workers(len([w for w in self.workers if w.poll() is None]), timeout=120)
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.scheduler]:
+            if proc is not None and proc.poll() is None:
+                self.kill(proc)

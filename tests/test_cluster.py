@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,60 +16,15 @@ from pathlib import Path
 import pytest
 
 from kata import cluster, course
-from tests.grading import ROOT, examples, mutant_source
+from tests.grading import ROOT, Cluster, examples, free_port, mutant_source
 
-if os.environ.get("CI") != "true":
+if os.environ.get("CI") == "true":
+    import distributed  # noqa: F401  (make test installs the cluster extra: in CI a missing Dask fails, never skips)
+else:
     pytest.importorskip("distributed", reason="grading on a cluster needs Dask: pip install -e '.[cluster]'")
-# In CI (.ci/run: make test installs the cluster extra) a missing Dask fails here instead.
-import distributed  # noqa: E402
 
 TOPIC = "lm_training"  # no speed checks: its verdicts do not depend on the machine's load
-DASK = Path(sys.executable).parent / "dask"
 pytestmark = pytest.mark.xdist_group("cluster")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    """A scheduler and workers, each its own process, as an instructor starts them."""
-
-    def __init__(self, logs: Path):
-        self.logs, self.port = logs, free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        # The workers import this checkout's suite (a clean clone in CI is installed -e).
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.scheduler: subprocess.Popen | None = None
-        self.workers: list[subprocess.Popen] = []
-        self.n = 0
-
-    def _start(self, *args: str, name: str) -> subprocess.Popen:
-        log = (self.logs / f"{name}.log").open("w")
-        return subprocess.Popen([str(DASK), *args], cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True)
-
-    def start_scheduler(self) -> None:
-        self.scheduler = self._start("scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard", name=f"scheduler{self.n}")
-        self.n += 1
-
-    def start_workers(self, count: int) -> None:
-        for _ in range(count):
-            # --no-nanny: the worker is the process; a kill by its pid is the worker's death.
-            self.workers.append(self._start("worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard", name=f"worker{self.n}"))
-            self.n += 1
-        with distributed.Client(self.address, timeout="60s") as client:
-            client.wait_for_workers(len([w for w in self.workers if w.poll() is None]), timeout=120)
-
-    def kill(self, proc: subprocess.Popen) -> None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def stop(self) -> None:
-        for proc in [*self.workers, self.scheduler]:
-            if proc is not None and proc.poll() is None:
-                self.kill(proc)
 
 
 @pytest.fixture(scope="module")
