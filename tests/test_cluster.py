@@ -119,3 +119,26 @@ def test_no_scheduler_is_one_clear_line(students, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("kata: cannot reach a Dask scheduler at tcp://127.0.0.1:")
     assert not (tmp_path / "gb" / "grades.csv").exists()
+
+
+class FakeClient:
+    """What _usable_workers asks of a distributed.Client: each worker's suite version."""
+
+    def __init__(self, versions: dict[str, str]):
+        self.versions = versions
+
+    def run(self, fn):
+        assert fn is cluster.suite_version
+        return dict(self.versions)
+
+
+def test_workers_running_another_suite_get_no_gradings(capsys):
+    mine, other = cluster.suite_version(), "f" * 64
+    refused: set[str] = set()
+    usable = cluster._usable_workers(FakeClient({"tcp://a:1": mine, "tcp://b:2": other}), refused)
+    assert usable == ["tcp://a:1"] and refused == {"tcp://b:2"}
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"kata: refused: worker tcp://b:2 runs suite {other[:12]}, the coordinator {mine[:12]}: install the same version of the suite on every worker"]
+    assert cluster._usable_workers(FakeClient({"tcp://a:1": mine}), set()) is None  # all agree: any worker
+    with pytest.raises(RuntimeError, match="no worker of the cluster can grade"):
+        cluster._usable_workers(FakeClient({"tcp://b:2": other}), set())

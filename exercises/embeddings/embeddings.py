@@ -107,7 +107,7 @@ def embedding_bag(ids: Tensor, weight: Tensor, offsets: Tensor | None, mode: str
     max_norm, scale_grad_by_freq, sparse.
 
     Rules: no torch embedding op (any aten op whose name contains "embedding"); inputs
-    unmodified; no Python loop over bags or ids (the same aten ops for 3 bags as for 12);
+    unmodified; no Python loop over bags or ids (the same aten ops for 4 bags as for 12);
     work and memory that do not grow with V (no one-hot matrix, no tensor with V rows).
     """
     raise NotImplementedError("embeddings.embedding_bag")
