@@ -17,8 +17,9 @@ torch.nn.init is forbidden. Its tensor functions that dispatch through __torch_f
 (kaiming_uniform_, uniform_, ...) are caught by the kata's rules; the others (calculate_gain
 takes no tensor, and xavier_normal_ and the fan helper never dispatch) cannot be seen by a
 torch-function or dispatch mode, so every call into the learner's code runs through
-`without_torch_init`, which makes every function of torch.nn.init refuse to run for the
-duration of the call.
+`without_torch_init`, whose profile hook (kata.harness.CallWatch) sees every call into
+torch.nn.init's code, however it was reached, and makes it a broken rule whatever the
+learner's code caught.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 import torch.nn.init as torch_init
 from torch import nn
 
-from kata import checks, course
+from kata import checks, course, harness
 
 TOPIC = course.get("init")
 rules = checks.Rules(TOPIC.forbidden)
@@ -48,27 +49,19 @@ def init(impl):
 # ---------------------------------------------------------------- torch.nn.init refused
 
 
-def _refused(*args, **kwargs):
-    # Runs as the code of a torch.nn.init function, with that module's globals: builtins only.
-    raise __import__("kata.verdicts", fromlist=["RuleBroken"]).RuleBroken(
-        "called torch.nn.init." + __import__("sys")._getframe().f_code.co_name + ", which this kata forbids: build it from smaller ops"
-    )
+# The code of every function torch.nn.init defines, by name: what without_torch_init forbids.
+TORCH_INIT_CODE = {
+    f.__code__: f"torch.nn.init.{name}"
+    for name, f in vars(torch_init).items()
+    if isinstance(f, types.FunctionType) and f.__module__ == torch_init.__name__
+}
 
 
 def without_torch_init(fn, *args, **kwargs):
-    """fn(*args, **kwargs) with every function of torch.nn.init refusing to run (RuleBroken),
-    however the learner reached it (`from torch.nn.init import calculate_gain` included: the
-    function objects themselves change, for the call's duration only). Runs in the executor."""
-    swapped = []
-    for name, f in vars(torch_init).items():
-        if isinstance(f, types.FunctionType) and f.__module__ == torch_init.__name__ and not f.__code__.co_freevars:
-            swapped.append((f, f.__code__))
-            f.__code__ = _refused.__code__.replace(co_name=name, co_qualname=name)
-    try:
+    """fn(*args, **kwargs) with torch.nn.init forbidden (`from torch.nn.init import
+    calculate_gain` included). Runs in the executor."""
+    with harness.CallWatch(TORCH_INIT_CODE.get, ": build it from smaller ops"):
         return fn(*args, **kwargs)
-    finally:
-        for f, code in swapped:
-            f.__code__ = code
 
 
 def call(fn, *args, what: str, may_modify=(), **kwargs):
