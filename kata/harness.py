@@ -98,6 +98,14 @@ class _ForbidOps(TorchDispatchMode):
 # ---------------------------------------------------------------- what a call touches
 
 
+def _same_values(a: Tensor, b: Tensor) -> bool:
+    """Equal, a nan where the other has a nan counting as equal (an input holding nan is
+    not modified by being read)."""
+    if torch.equal(a, b):
+        return True
+    return (a.is_floating_point() or a.is_complex()) and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
 class CallWatch:
     """Forbids Python code that no dispatch mode sees (torch.optim's step functions,
     clip_grad_norm_, GradScaler, a concrete LRScheduler): a profile hook, set around a call
@@ -275,7 +283,7 @@ class Harness:
         yield
         for name, t, copy, shape, stride in before:
             # Meta tensors have no values to compare: their shape and strides still count.
-            same = t.is_meta or torch.equal(t.detach(), copy)
+            same = t.is_meta or _same_values(t.detach(), copy)
             if t.shape != shape or t.stride() != stride or not same:
                 call = what or name_of(fn)
                 raise RuleBroken(f"{call} modified its input ({name}, {describe(copy)}) in place; work on new tensors")

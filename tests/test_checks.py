@@ -60,6 +60,22 @@ def test_modified_input_is_caught(mutate):
         RULES.call(lambda t: mutate(t) + 0, x)
 
 
+def test_an_input_holding_nan_is_not_modified_by_being_read():
+    x = torch.tensor([1.0, float("nan"), -float("inf")])
+    RULES.call(lambda t: t * 2, x)  # read only: no rule broken
+    with pytest.raises(checks.RuleBroken, match="modified its input"):
+        RULES.call(lambda t: t.nan_to_num_(), x.clone())
+    with pytest.raises(checks.RuleBroken, match="modified its input"):
+        RULES.call(lambda t: t[0].fill_(float("nan")) + 0, x.clone())
+
+
+def test_empty_results_are_compared_by_shape():
+    want = checks.golden(torch.empty(0, 3))
+    checks.expect_close(torch.empty(0, 3), want, what="f", dtype=torch.float32, device=torch.device("cpu"), baseline=torch.empty(0, 3))
+    with pytest.raises(checks.Wrong, match="shape"):
+        checks.expect_close(torch.empty(0, 2), want, what="f", dtype=torch.float32, device=torch.device("cpu"))
+
+
 def test_modified_module_state_is_caught():
     layer = nn.Linear(3, 3)
 
