@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,10 +61,15 @@ def rows(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def local(students, tmp_path_factory) -> list[dict]:
+def local_gradebook(students, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("local")
     subprocess.run(kata_grade(students, out), cwd=ROOT, check=True, capture_output=True, timeout=600)
-    return rows(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local(local_gradebook) -> list[dict]:
+    return rows(local_gradebook)
 
 
 def wait_for_results(out: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -106,6 +112,14 @@ def test_an_interrupted_coordinator_resumes(dask_cluster, students, local, tmp_p
     assert again.returncode == 0, again.stderr
     assert f"{done} already graded" in again.stderr
     assert rows(out) == local
+
+
+def test_a_class_already_graded_needs_no_cluster(students, local_gradebook, local, tmp_path):
+    out = tmp_path / "gradebook"
+    shutil.copytree(local_gradebook, out)
+    proc = subprocess.run(kata_grade(students, out, "--cluster", f"tcp://127.0.0.1:{free_port()}"), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 to grade" in proc.stderr and rows(out) == local
 
 
 def test_a_worker_with_another_suite_is_refused():
