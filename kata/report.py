@@ -303,6 +303,10 @@ SORT_JS = """
 """
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _e(value) -> str:
     return html.escape(str(value))
 
@@ -410,7 +414,7 @@ def build(book: Gradebook) -> str:
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>Class report: {_e(book.folder.name)}</title><style>{CSS}</style></head><body>"
-        f"<h1>Class report</h1><p class='muted'>{len(book.students)} students, {len(book.topics)} topics "
+        f"<h1>Class report</h1><p class='muted'>{_count(len(book.students), 'student')}, {_count(len(book.topics), 'topic')} "
         f"({_e(', '.join(book.topics))}), from {_e(book.folder)}; written {time.strftime('%Y-%m-%d %H:%M %Z')}.</p>"
         f"{warnings}<nav>{nav}</nav>{main}<script>{SORT_JS}</script></body></html>\n"
     )
